@@ -1,0 +1,222 @@
+"""A network is a configuration dict plus an ordered list of named layers."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import numpy as np
+
+from ..backend import asnumpy, get_array_module, to_device
+from ..errors import ConfigError, ShapeError, WeightsError
+from ..nn import Layer, Trace, check_rule
+
+__all__ = ["Network"]
+
+
+class Network:
+    """An ordered stack of named layers with a forward pass and a top-down pass.
+
+    Parameters
+    ----------
+    layers : list of Layer
+        Applied in order.  Names must be unique; they are the keys of
+        ``trace.activations`` and the prefixes of ``state_dict()`` keys.
+    config : dict
+        Metadata: ``arch``, ``variant``, ``num_classes``, ``input_size`` (H, W) and
+        the preprocessing that goes with the weights (see :mod:`zfnet.weights`).
+    """
+
+    def __init__(self, layers: list[Layer], config: dict):
+        self.layers = list(layers)
+        self.config = dict(config)
+        seen: set[str] = set()
+        for layer in self.layers:
+            for name in layer.names():
+                if name in seen:
+                    raise ConfigError(f"duplicate layer name {name!r}")
+                seen.add(name)
+
+    # -- description ----------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self.config.get("arch", "network")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.config.get("input_size", (224, 224)))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.get("num_classes", 1000))
+
+    def layer_names(self) -> list[str]:
+        """Every activation name, bottom to top (composite layers list their parts)."""
+        return [n for layer in self.layers for n in layer.names()]
+
+    def conv_layer_names(self) -> list[str]:
+        """Names of the convolutional feature layers a figure is drawn for."""
+        from ..nn import Conv2d
+
+        return [layer.name for layer in self.layers if isinstance(layer, Conv2d)]
+
+    def layer(self, name: str) -> Layer:
+        """The top-level layer that records activation ``name``."""
+        return self.layers[self._index(name)]
+
+    def _index(self, name: str) -> int:
+        for i, layer in enumerate(self.layers):
+            if name in layer.names():
+                return i
+        raise ConfigError(f"{self.arch} has no layer {name!r}; layers are: {', '.join(self.layer_names())}")
+
+    def shapes(self, input_shape: tuple | None = None) -> list[tuple[str, tuple]]:
+        """``[(layer name, output shape)]`` for an input of ``input_shape`` (default 1x3xHxW)."""
+        shape = input_shape or (1, 3) + self.input_size
+        out = []
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            out.append((layer.name, shape))
+        return out
+
+    def summary(self) -> str:
+        """A table of layers, what they do, and output shapes."""
+        rows = [f"{'layer':<14} {'output':<20} description"]
+        for layer, (_, shape) in zip(self.layers, self.shapes()):
+            rows.append(f"{layer.name:<14} {'x'.join(map(str, shape[1:])):<20} {layer.describe()}")
+        rows.append(f"parameters: {self.num_parameters():,}")
+        return "\n".join(rows)
+
+    def num_parameters(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.state_dict().values()))
+
+    def __repr__(self) -> str:
+        return f"<Network {self.arch}: {len(self.layers)} layers, {self.num_parameters():,} parameters>"
+
+    # -- parameters -----------------------------------------------------------
+    def named_parameters(self) -> Iterable[tuple[str, Layer, str]]:
+        """Yield ``(key, layer, attribute)`` for each parameter, e.g. ``("conv1.weight", conv1, "weight")``."""
+        for layer in self.layers:
+            for key in layer.params():
+                yield f"{layer.name}.{key}", layer, key
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as NumPy float32 arrays: ``conv1.weight``, ``conv1.bias``, ..., ``fc8.bias``."""
+        return {key: asnumpy(layer.params()[attr]) for key, layer, attr in self.named_parameters()}
+
+    def load_state_dict(self, state: dict, strict: bool = True, source: str = "state dict") -> None:
+        """Copy ``state`` into the parameters, checking every key and shape.
+
+        Raises
+        ------
+        WeightsError
+            Missing or unexpected keys (when ``strict``) or a shape that does not
+            match, naming the key, the expected and the found shape.
+        """
+        expected = {key: (layer, attr) for key, layer, attr in self.named_parameters()}
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise WeightsError(f"{source} does not fit {self.arch}: " + "; ".join(parts))
+        for key, (layer, attr) in expected.items():
+            if key not in state:
+                continue
+            old = layer.params()[attr]
+            new = np.asarray(asnumpy(state[key]))
+            if tuple(new.shape) != tuple(old.shape):
+                raise ShapeError(
+                    f"{source}: key {key!r} has shape {tuple(new.shape)}, {self.arch} expects {tuple(old.shape)}"
+                )
+            if not np.issubdtype(new.dtype, np.floating):
+                raise WeightsError(f"{source}: key {key!r} has dtype {new.dtype}, expected floating point")
+            xp = get_array_module(old)
+            layer.set_param(attr, xp.asarray(new, dtype=np.float32).copy())
+
+    def to(self, device: str) -> "Network":
+        """Move every parameter to ``"cpu"`` or ``"gpu"`` in place; returns self."""
+        for _, layer, attr in self.named_parameters():
+            layer.set_param(attr, to_device(layer.params()[attr], device))
+        return self
+
+    def train(self, mode: bool = True) -> "Network":
+        for layer in self.layers:
+            layer.training = mode
+        return self
+
+    def eval(self) -> "Network":
+        return self.train(False)
+
+    # -- the two passes -------------------------------------------------------
+    def forward(self, x, upto: str | None = None, keep: Iterable[str] | None = None, caches: bool = True) -> Trace:
+        """Run the network bottom-up.
+
+        Parameters
+        ----------
+        x : array, shape (N, 3, H, W), float32
+        upto : str, optional
+            Stop after the layer that records this activation (saves the rest).
+        keep : iterable of str, optional
+            Record only these activations (default: all).  Mining top-k over a big
+            dataset keeps a few layers only.
+        caches : bool
+            Keep switches and input sizes for :meth:`deconv` (default True).
+
+        Returns
+        -------
+        Trace
+            ``trace.activations[name]``, ``trace.switches[pool]``, ``trace.output``
+            (None when ``upto`` stopped early).
+        """
+        if getattr(x, "ndim", 0) != 4 or x.shape[1] != 3:
+            raise ShapeError(f"{self.arch}: input must be (N, 3, H, W), got shape {tuple(getattr(x, 'shape', ()))}")
+        stop = self._index(upto) if upto is not None else len(self.layers) - 1
+        keep = None if keep is None else set(keep)
+        trace = Trace(input_shape=tuple(x.shape), keep_caches=caches)
+        for layer in self.layers[: stop + 1]:
+            x = layer.forward(x, trace)
+            trace.activations[layer.name] = x
+        if keep is not None:
+            trace.activations = {k: v for k, v in trace.activations.items() if k in keep}
+        if stop == len(self.layers) - 1:
+            trace.output = x
+        return trace
+
+    __call__ = forward
+
+    def deconv(self, signal, trace: Trace, layer: str, rule: str = "deconvnet"):
+        """Send ``signal`` (in the space of activation ``layer``) down to the pixels.
+
+        Each layer from ``layer`` down to the first applies its ``deconv`` step:
+        unpool with the switches of the traced image, rectify by ``rule``, filter
+        with the transposed filters; LRN and dropout pass through; no bias.
+
+        Returns
+        -------
+        array, shape (N, 3, H, W)
+        """
+        check_rule(rule)
+        top = self._index(layer)
+        for i in range(top, -1, -1):
+            start = layer if i == top and layer != self.layers[i].name else None
+            signal = self.layers[i].deconv(signal, trace, rule, start=start)
+        return signal
+
+    def unpadded(self) -> "Network":
+        """A copy whose convolutions and pools use no padding (weights shared).
+
+        Applied to an interior unit's receptive-field crop it returns that unit's
+        activation as a 1x1 map: the "crop" method of finding top patches.
+        """
+        net = copy.copy(self)
+        net.layers = []
+        for layer in self.layers:
+            layer = copy.copy(layer)
+            if hasattr(layer, "padding"):
+                layer.padding = (0, 0)
+            net.layers.append(layer)
+        return net

@@ -1,0 +1,166 @@
+"""2-D convolution and its exact adjoint, the transposed convolution.
+
+Deep-learning "convolution" is cross-correlation:
+
+.. math::
+
+    y[n, o, i, j] = b[o] + \\sum_{c, u, v} w[o, c, u, v]\\,
+                    x_{pad}[n, g(o) C_g + c, i s + u, j s + v]
+
+with ``x_pad`` the input zero-padded by ``p`` and ``g(o)`` the group of output
+channel ``o``.  The transposed convolution is the linear map ``T`` with
+``<conv2d(x, w), y> = <x, T(y, w)>`` for all ``x, y``: in matrix terms it multiplies
+by the transpose of the convolution matrix, which is where the paper's "filtering
+with transposed versions of the same filters" comes from.  Written as a correlation
+it would use the spatially flipped filter; we never flip explicitly because
+``col2im`` scatters each column back to where ``im2col`` read it.
+
+References
+----------
+Zeiler & Fergus (2014), section 2.1 ("Filtering"). Dumoulin & Visin (2016).
+"""
+
+from __future__ import annotations
+
+from ..backend import get_array_module
+from ..errors import ShapeError
+from ._shape import conv_out_size, conv_transpose_out_size, pair
+from .im2col import col2im, im2col
+
+__all__ = ["conv2d", "conv_transpose2d"]
+
+
+def _check(x, w, groups: int, what: str) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what}: input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if w.ndim != 4:
+        raise ShapeError(f"{what}: weight must be 4-D (C_out, C_in/groups, kH, kW), got shape {tuple(w.shape)}")
+    if groups < 1 or w.shape[0] % groups:
+        raise ShapeError(f"{what}: C_out={w.shape[0]} is not divisible by groups={groups}")
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
+    """2-D cross-correlation (the convolution layer), NCHW with OIHW filters.
+
+    ``y[n, o, i, j] = b[o] + sum_{c,u,v} w[o, c, u, v] * x_pad[n, g*C_g + c, i*sH + u, j*sW + v]``
+    where ``g = o // (C_out / groups)`` and ``C_g = C_in / groups``.
+
+    Output size: ``H_out = floor((H + 2 pH - kH) / sH) + 1`` (likewise W_out).
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W)
+    w : array, shape (C_out, C_in/groups, kH, kW)
+    b : array, shape (C_out,), optional
+    stride, padding : int or (int, int)
+    groups : int
+        Input and output channels are split into ``groups`` independent blocks
+        (AlexNet's two-GPU layout uses ``groups=2``).
+
+    Returns
+    -------
+    y : array, shape (N, C_out, H_out, W_out)
+
+    Paired with
+    -----------
+    :func:`conv_transpose2d` (its adjoint, same ``w``).
+
+    Notes
+    -----
+    im2col + one batched GEMM per group; see :mod:`zfnet.ops.im2col`.
+    """
+    xp = get_array_module(x, w)
+    _check(x, w, groups, "conv2d")
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    if cg * groups != c:
+        raise ShapeError(
+            f"conv2d: input has {c} channels but weight {tuple(w.shape)} with groups={groups} expects {cg * groups}"
+        )
+    if b is not None and tuple(b.shape) != (o,):
+        raise ShapeError(f"conv2d: bias must have shape ({o},), got {tuple(b.shape)}")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    ho = conv_out_size(h, kh, stride[0], padding[0])
+    wo = conv_out_size(wd, kw, stride[1], padding[1])
+
+    cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
+    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
+    wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
+    y = xp.matmul(wmat, cols)  # (N, G, O_g, H_out*W_out)
+    y = y.reshape(n, o, ho, wo)  # (N, C_out, H_out, W_out)
+    if b is not None:
+        y += b.reshape(1, o, 1, 1)
+    return y
+
+
+def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=None):
+    """Transposed convolution: the exact adjoint of :func:`conv2d` with the same ``w``.
+
+    ``<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>`` for every ``x`` and ``y`` of
+    matching shapes.  Each input value ``y[n, o, i, j]`` adds ``y * w[o]`` into the
+    window of the output that ``conv2d`` read to produce it:
+
+    ``x_pad[n, g*C_g + c, i*sH + u, j*sW + v] += w[o, c, u, v] * y[n, o, i, j]``
+
+    and the padding is cropped away.  Written as a correlation this uses the filter
+    flipped in both spatial axes, the paper's "transposed filters".
+
+    Output size: ``H = (H_in - 1) sH - 2 pH + kH + output_padding`` where, because a
+    strided forward convolution maps several input sizes to the same output size,
+    ``output_padding`` in ``[0, sH)`` is inferred from ``output_size`` (default 0).
+
+    Parameters
+    ----------
+    y : array, shape (N, C_out, H_in, W_in)
+        A signal in the forward layer's OUTPUT space.
+    w : array, shape (C_out, C_in/groups, kH, kW)
+        The forward layer's weight, unchanged.
+    b : array, shape (C_in,), optional
+        Bias added to the result (the deconvnet uses none).
+    stride, padding, groups :
+        As in the forward :func:`conv2d`.
+    output_size : (H, W) or (N, C, H, W), optional
+        The forward layer's input size, to resolve the stride ambiguity.
+
+    Returns
+    -------
+    x : array, shape (N, C_in, H, W)
+
+    Paired with
+    -----------
+    :func:`conv2d`.  It is also conv2d's input gradient: ``dL/dx = conv_transpose2d(dL/dy, w)``.
+
+    References
+    ----------
+    Zeiler & Fergus (2014), section 2.1: "filtering" in the deconvnet.
+    """
+    xp = get_array_module(y, w)
+    _check(y, w, groups, "conv_transpose2d")
+    n, o, hi, wi = y.shape
+    o_w, cg, kh, kw = w.shape
+    if o != o_w:
+        raise ShapeError(f"conv_transpose2d: signal has {o} channels but weight {tuple(w.shape)} has C_out={o_w}")
+    c = cg * groups
+    if b is not None and tuple(b.shape) != (c,):
+        raise ShapeError(f"conv_transpose2d: bias must have shape ({c},), got {tuple(b.shape)}")
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    h_min = conv_transpose_out_size(hi, kh, stride[0], padding[0])
+    w_min = conv_transpose_out_size(wi, kw, stride[1], padding[1])
+    if output_size is None:
+        h, wd = h_min, w_min
+    else:
+        h, wd = (int(v) for v in tuple(output_size)[-2:])
+        if not (h_min <= h < h_min + stride[0] and w_min <= wd < w_min + stride[1]):
+            raise ShapeError(
+                f"conv_transpose2d: output_size {(h, wd)} is impossible for input {(hi, wi)}: "
+                f"expected between {(h_min, w_min)} and {(h_min + stride[0] - 1, w_min + stride[1] - 1)}"
+            )
+
+    ymat = y.reshape(n, groups, o // groups, hi * wi)  # (N, G, O_g, H_in*W_in)
+    wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
+    cols = xp.matmul(wmat.transpose(0, 2, 1), ymat)  # (N, G, C_g*kH*kW, H_in*W_in)
+    cols = cols.reshape(n, c, kh, kw, hi, wi)  # (N, C_in, kH, kW, H_in, W_in)
+    x = col2im(cols, (h, wd), stride, padding)  # (N, C_in, H, W)
+    if b is not None:
+        x = x + b.reshape(1, c, 1, 1)
+    return x
