@@ -439,6 +439,10 @@ class ImageBatches:
         Images successfully yielded so far.
     seconds_loading : float
         Wall time spent inside this iterator (reading, decoding, preprocessing).
+    position : int
+        Every file index below this has been yielded or skipped: the end of the
+        file range of the batch most recently yielded (``stop`` once exhausted).
+        A checkpoint taken after processing a batch covers ``[start, position)``.
     """
 
     def __init__(
@@ -470,6 +474,7 @@ class ImageBatches:
         self.notes: list[Note] = []
         self.n_read = 0
         self.seconds_loading = 0.0
+        self.position = self.start
 
     def __len__(self) -> int:
         """Number of chunks of file indices (an upper bound on the batches yielded)."""
@@ -533,8 +538,10 @@ class ImageBatches:
                 pending = self._submit(*bounds[b + 1], pool) if b + 1 < len(bounds) else []
                 self.seconds_loading += time.perf_counter() - t0
                 if batch is not None:
+                    self.position = bounds[b][1]
                     yield batch
                 t0 = time.perf_counter()
+            self.position = self.stop
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
