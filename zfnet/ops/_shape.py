@@ -57,14 +57,12 @@ def conv_transpose_out_size(n: int, k: int, s: int = 1, p: int = 0, output_paddi
 
     ``n_out = (n - 1) s - 2p + k + output_padding``.  With stride ``s > 1`` several
     input lengths give the same forward output length; ``output_padding`` in
-    ``[0, s)`` picks which one (see :func:`zfnet.ops.conv_transpose2d`).
+    ``[0, s)`` picks which one (see :func:`zfnet.ops.conv_transpose2d`).  The result
+    can be 0 when the padding eats the whole window; the caller decides if that is allowed.
     """
     if not 0 <= output_padding < max(s, 1):
         raise ShapeError(f"output_padding must be in [0, stride={s}), got {output_padding}")
-    out = (n - 1) * s - 2 * p + k + output_padding
-    if out < 1:
-        raise ShapeError(f"transposed convolution of size {n} (k={k}, s={s}, p={p}) is empty")
-    return out
+    return (n - 1) * s - 2 * p + k + output_padding
 
 
 def pool_out_size(n: int, k: int, s: int, p: int = 0, ceil_mode: bool = False) -> int:

@@ -27,7 +27,7 @@ from ..errors import ShapeError
 from ._shape import conv_out_size, conv_transpose_out_size, pair
 from .im2col import col2im, im2col
 
-__all__ = ["conv2d", "conv_transpose2d"]
+__all__ = ["conv2d", "conv_transpose2d", "conv2d_weight_grad", "conv2d_bias_grad"]
 
 
 def _check(x, w, groups: int, what: str) -> None:
@@ -155,6 +155,8 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
                 f"conv_transpose2d: output_size {(h, wd)} is impossible for input {(hi, wi)}: "
                 f"expected between {(h_min, w_min)} and {(h_min + stride[0] - 1, w_min + stride[1] - 1)}"
             )
+    if h < 1 or wd < 1:
+        raise ShapeError(f"conv_transpose2d: output size {(h, wd)} for input {(hi, wi)} is empty; pass output_size")
 
     ymat = y.reshape(n, groups, o // groups, hi * wi)  # (N, G, O_g, H_in*W_in)
     wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
@@ -164,3 +166,93 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
     if b is not None:
         x = x + b.reshape(1, c, 1, 1)
     return x
+
+
+def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
+    """Gradient of a loss with respect to the filters of :func:`conv2d`.
+
+    Differentiating ``y[n,o,i,j] = sum_{c,u,v} w[o,c,u,v] x_pad[n, g C_g + c, i s + u, j s + v]``
+    gives, for ``o`` in group ``g``,
+
+    .. math::
+
+        \frac{\partial L}{\partial w[o, c, u, v]} = \sum_{n, i, j}
+            \frac{\partial L}{\partial y[n, o, i, j]}\, x_{pad}[n, g C_g + c, i s + u, j s + v]
+
+    which is one GEMM per group between the output gradient ``(O_g, N*H_out*W_out)``
+    and the transposed im2col columns ``(N*H_out*W_out, C_g*kH*kW)``: the same
+    columns the forward multiplied by the filters.
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W)
+        The forward layer's input.
+    dy : array, shape (N, C_out, H_out, W_out)
+        Gradient of the loss with respect to the (pre-activation) output.
+    w_shape : (C_out, C_in/groups, kH, kW)
+        Shape of the forward weight.
+    stride, padding, groups :
+        As in the forward :func:`conv2d`.
+
+    Returns
+    -------
+    dw : array, shape ``w_shape``
+
+    Paired with
+    -----------
+    :func:`conv2d` (forward), :func:`conv_transpose2d` (its input gradient,
+    ``dL/dx = conv_transpose2d(dy, w, output_size=x.shape)``) and
+    :func:`conv2d_bias_grad`.
+
+    References
+    ----------
+    Zeiler & Fergus (2014), section 3 (training by back-propagation).
+    """
+    xp = get_array_module(x, dy)
+    if x.ndim != 4 or dy.ndim != 4 or len(tuple(w_shape)) != 4:
+        raise ShapeError(
+            f"conv2d_weight_grad: x and dy must be 4-D and w_shape 4 numbers, got {tuple(x.shape)}, "
+            f"{tuple(dy.shape)}, {tuple(w_shape)}"
+        )
+    o, cg, kh, kw = (int(v) for v in w_shape)
+    if groups < 1 or o % groups:
+        raise ShapeError(f"conv2d_weight_grad: C_out={o} is not divisible by groups={groups}")
+    n, c, h, wd = x.shape
+    if cg * groups != c:
+        raise ShapeError(
+            f"conv2d_weight_grad: input has {c} channels but weight shape {tuple(w_shape)} "
+            f"with groups={groups} expects {cg * groups}"
+        )
+    stride, padding = pair(stride, "stride"), pair(padding, "padding")
+    ho = conv_out_size(h, kh, stride[0], padding[0])
+    wo = conv_out_size(wd, kw, stride[1], padding[1])
+    if tuple(dy.shape) != (n, o, ho, wo):
+        raise ShapeError(f"conv2d_weight_grad: dy must have shape {(n, o, ho, wo)}, got {tuple(dy.shape)}")
+    cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
+    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
+    dyr = dy.reshape(n, groups, o // groups, ho * wo)  # (N, G, O_g, H_out*W_out)
+    dw = xp.empty((groups, o // groups, cg * kh * kw), dtype=dy.dtype)  # (G, O_g, C_g*kH*kW)
+    for g in range(groups):
+        # contract over the batch and the output positions at once: one GEMM per group
+        dw[g] = xp.tensordot(dyr[:, g], cols[:, g], axes=([0, 2], [0, 2]))  # (O_g, C_g*kH*kW)
+    return dw.reshape(o, cg, kh, kw)  # (C_out, C_in/groups, kH, kW)
+
+
+def conv2d_bias_grad(dy):
+    """Gradient with respect to the bias of :func:`conv2d`: ``db[o] = sum_{n,i,j} dy[n,o,i,j]``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C_out, H_out, W_out)
+
+    Returns
+    -------
+    db : array, shape (C_out,)
+
+    Paired with
+    -----------
+    :func:`conv2d`, :func:`conv2d_weight_grad`.
+    """
+    if dy.ndim != 4:
+        raise ShapeError(f"conv2d_bias_grad: dy must be 4-D (N, C_out, H_out, W_out), got shape {tuple(dy.shape)}")
+    return dy.sum(axis=(0, 2, 3))
