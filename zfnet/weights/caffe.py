@@ -1,0 +1,326 @@
+"""Read (and write) Caffe ``.caffemodel`` files by decoding the protobuf wire format.
+
+A ``.caffemodel`` is one serialised ``caffe.NetParameter``.  Only the fields that
+carry weights are decoded; everything else is skipped by wire type (see
+:mod:`zfnet.weights.protobuf`).  Field numbers, from Caffe's ``caffe.proto``::
+
+    NetParameter       name = 1 (string)   layers = 2 (V1LayerParameter, repeated)
+                       layer = 100 (LayerParameter, repeated)
+    LayerParameter     name = 1 (string)   type = 2 (string)   blobs = 7 (BlobProto)
+    V1LayerParameter   layer = 1 (V0LayerParameter)   name = 4 (string)
+                       type = 5 (enum LayerType)      blobs = 6 (BlobProto)
+    V0LayerParameter   name = 1 (string)   type = 2 (string)   blobs = 50 (BlobProto)
+    BlobProto          num = 1, channels = 2, height = 3, width = 4 (int32, legacy 4-D)
+                       data = 5 (packed float)        diff = 6 (packed float, ignored)
+                       shape = 7 (BlobShape)          double_data = 8 (packed double)
+    BlobShape          dim = 1 (packed int64)
+
+"V2" files (Caffe from 2015 on) use ``layer``; older ones, including the BVLC AlexNet
+and CaffeNet releases, use ``layers`` with an enum type and the legacy
+``num, channels, height, width`` blob dimensions, where an InnerProduct weight is
+``(1, 1, out, in)`` and a bias ``(1, 1, 1, out)``.  :func:`read_caffemodel` returns
+the blobs with the shape the file declares; :mod:`zfnet.weights.native` squeezes the
+legacy leading ones when it maps layers onto a model.
+
+Caffe's convolution weights are ``(C_out, C_in / group, kH, kW)``, the same OIHW layout
+as ours, and InnerProduct weights are ``(out, in)`` like ``zfnet.ops.linear``.  Caffe
+ImageNet models take BGR input; that is metadata, not a weight change (see
+``zfnet.weights.native``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import WeightsError
+from . import protobuf as pb
+
+__all__ = [
+    "CaffeLayer",
+    "read_caffemodel",
+    "read_caffemodel_layers",
+    "encode_caffemodel",
+    "write_caffemodel",
+    "V1_LAYER_TYPES",
+]
+
+# V1LayerParameter.LayerType enum value -> the V2 type string Caffe upgrades it to.
+V1_LAYER_TYPES: dict[int, str] = {
+    0: "None", 35: "AbsVal", 1: "Accuracy", 30: "ArgMax", 2: "BNLL", 3: "Concat",
+    37: "ContrastiveLoss", 4: "Convolution", 5: "Data", 39: "Deconvolution",
+    6: "Dropout", 32: "DummyData", 7: "EuclideanLoss", 25: "Eltwise", 38: "Exp",
+    8: "Flatten", 9: "HDF5Data", 10: "HDF5Output", 28: "HingeLoss", 11: "Im2col",
+    12: "ImageData", 13: "InfogainLoss", 14: "InnerProduct", 15: "LRN",
+    29: "MemoryData", 16: "MultinomialLogisticLoss", 34: "MVN", 17: "Pooling",
+    26: "Power", 18: "ReLU", 19: "Sigmoid", 27: "SigmoidCrossEntropyLoss",
+    36: "Silence", 20: "Softmax", 21: "SoftmaxWithLoss", 22: "Split", 33: "Slice",
+    23: "TanH", 24: "WindowData", 31: "Threshold",
+}
+_V1_TYPE_CODES = {name: code for code, name in V1_LAYER_TYPES.items()}
+
+_MAX_DIMS = 32  # Caffe's kMaxBlobAxes
+_FLOAT_TAG = pb.encode_tag(5, pb.I32)  # BlobProto.data written unpacked
+_DOUBLE_TAG = pb.encode_tag(8, pb.I64)
+
+
+@dataclass
+class CaffeLayer:
+    """One layer of a ``.caffemodel``: its name, type string and weight blobs."""
+
+    name: str
+    type: str
+    blobs: list[np.ndarray] = field(default_factory=list)
+
+
+def _string(buf: bytes, start: int, end: int) -> str:
+    try:
+        return bytes(buf[start:end]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise pb.ProtobufError(f"string at offset {start} is not UTF-8") from exc
+
+
+def _decode_blob(buf: bytes, start: int, end: int) -> np.ndarray:
+    """Decode one BlobProto into a float32 array of its declared shape.
+
+    shape = BlobShape.dim if present, else (num, channels, height, width) if any is
+    set, else (len(data),).  ``data`` (float) wins over ``double_data``.
+    """
+    dims: list[int] | None = None
+    legacy = {}
+    floats: list[np.ndarray] = []
+    doubles: list[np.ndarray] = []
+    pos = start
+    while pos < end:
+        number, wire, tag_end = pb.read_tag(buf, pos, end)
+        unpacked = {(5, pb.I32): (_FLOAT_TAG, 4, "<f4", floats),
+                    (8, pb.I64): (_DOUBLE_TAG, 8, "<f8", doubles)}.get((number, wire))
+        if unpacked is not None:
+            # Unpacked repeated float/double: one vectorised run of (tag, value) records.
+            # (A tag written in a longer-than-minimal varint matches no run; it falls
+            # through to the one-value path below, so the loop always advances.)
+            tag, width, dtype, sink = unpacked
+            run = pb.fixed_run(buf, pos, end, tag, width)
+            if len(run):
+                sink.append(np.ascontiguousarray(run).view(dtype).reshape(-1))  # (count,)
+                pos += len(run) * (len(tag) + width)
+                continue
+        value, s, e, pos = pb.read_value(buf, wire, tag_end, end)
+        if unpacked is not None:
+            unpacked[3].append(pb.packed_array(buf, s, e, unpacked[2]))
+        elif number == 5 and wire == pb.LEN:
+            floats.append(pb.packed_array(buf, s, e, "<f4"))
+        elif number == 8 and wire == pb.LEN:
+            doubles.append(pb.packed_array(buf, s, e, "<f8"))
+        elif number == 7 and wire == pb.LEN:
+            dims = [] if dims is None else dims
+            for f in pb.iter_fields(buf, s, e):
+                if f.number != 1:
+                    continue
+                if f.wire == pb.LEN:
+                    dims.extend(pb.to_signed(v) for v in pb.packed_varints(buf, f.start, f.end))
+                elif f.wire == pb.VARINT:
+                    dims.append(pb.to_signed(f.value))
+                else:
+                    raise pb.ProtobufError(f"BlobShape.dim has wire type {f.wire} (offset {f.start})")
+        elif number in (1, 2, 3, 4) and wire == pb.VARINT:
+            legacy[number] = pb.to_signed(value, 32)
+    if dims is not None:
+        shape = tuple(dims)
+    elif legacy:
+        shape = tuple(legacy.get(i, 0) for i in (1, 2, 3, 4))
+    else:
+        shape = None
+    if shape is not None and (len(shape) > _MAX_DIMS or any(d < 0 for d in shape)):
+        raise pb.ProtobufError(f"blob shape {shape[:8]} is invalid (negative or > {_MAX_DIMS} axes)")
+    parts = floats if floats else doubles
+    count = sum(p.size for p in parts)
+    if shape is None:
+        shape = (count,)
+    if math.prod(shape) != count:
+        raise pb.ProtobufError(
+            f"blob declares shape {shape} ({math.prod(shape)} values) but holds {count} values "
+            f"(offset {start})"
+        )
+    data = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0))
+    return data.astype(np.float32).reshape(shape)
+
+
+def _decode_layer(buf: bytes, start: int, end: int, version: int) -> CaffeLayer:
+    """Decode a LayerParameter (version 2), V1LayerParameter (1) or V0LayerParameter (0)."""
+    name_f, type_f, blobs_f = {2: (1, 2, 7), 1: (4, 5, 6), 0: (1, 2, 50)}[version]
+    layer = CaffeLayer(name="", type="")
+    for f in pb.iter_fields(buf, start, end):
+        if f.number == name_f and f.wire == pb.LEN:
+            layer.name = _string(buf, f.start, f.end)
+        elif f.number == type_f and version == 1 and f.wire == pb.VARINT:
+            layer.type = V1_LAYER_TYPES.get(f.value, f"V1Type{f.value}")
+        elif f.number == type_f and version != 1 and f.wire == pb.LEN:
+            layer.type = _string(buf, f.start, f.end)
+        elif f.number == blobs_f and f.wire == pb.LEN:
+            layer.blobs.append(_decode_blob(buf, f.start, f.end))
+        elif version == 1 and f.number == 1 and f.wire == pb.LEN:
+            # A V0 layer nested in a V1 wrapper (Caffe before 2014): take what it holds.
+            inner = _decode_layer(buf, f.start, f.end, version=0)
+            layer.name = layer.name or inner.name
+            layer.type = layer.type or inner.type
+            layer.blobs.extend(inner.blobs)
+    return layer
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+
+
+def read_caffemodel_layers(path: str | os.PathLike) -> list[CaffeLayer]:
+    """Every layer of a ``.caffemodel`` in file order, with its type and blobs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A binary ``NetParameter`` (V2 ``layer``, V1 ``layers`` or V0-in-V1).
+
+    Returns
+    -------
+    list of CaffeLayer
+        Layers with and without blobs; blobs are float32 arrays of their declared
+        shape.
+
+    Raises
+    ------
+    WeightsError
+        The file is missing, truncated or corrupt (the message names the file and the
+        byte offset), or holds no layers at all.
+    """
+    path = os.fspath(path)
+    buf = _read_bytes(path)
+    layers: list[CaffeLayer] = []
+    try:
+        for f in pb.iter_fields(buf):
+            if f.number == 100 and f.wire == pb.LEN:
+                layers.append(_decode_layer(buf, f.start, f.end, version=2))
+            elif f.number == 2 and f.wire == pb.LEN:
+                layers.append(_decode_layer(buf, f.start, f.end, version=1))
+    except pb.ProtobufError as exc:
+        raise WeightsError(f"{path}: corrupt Caffe model: {exc}") from exc
+    if not layers:
+        raise WeightsError(f"{path}: no Caffe layers found (not a .caffemodel NetParameter?)")
+    return layers
+
+
+def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
+    """Read the weight blobs of a Caffe model: layer name -> list of float32 arrays.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.caffemodel`` file.
+
+    Returns
+    -------
+    dict of str to list of numpy.ndarray
+        For each layer that has blobs, in file order: ``[weight, bias]`` for
+        Convolution and InnerProduct layers, with the shape the file declares
+        (legacy V1 files give 4-D shapes such as ``(1, 1, 4096, 9216)`` for fc6).
+
+    Raises
+    ------
+    WeightsError
+        Corrupt or truncated file, or two layers with blobs under the same name.
+
+    Examples
+    --------
+    >>> blobs = read_caffemodel("bvlc_alexnet.caffemodel")      # doctest: +SKIP
+    >>> [b.shape for b in blobs["conv2"]]                       # doctest: +SKIP
+    [(256, 48, 5, 5), (256,)]
+    """
+    path = os.fspath(path)
+    out: dict[str, list[np.ndarray]] = {}
+    for layer in read_caffemodel_layers(path):
+        if not layer.blobs:
+            continue
+        if layer.name in out:
+            raise WeightsError(f"{path}: two layers named '{layer.name}' both carry blobs")
+        out[layer.name] = layer.blobs
+    return out
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+def _encode_blob(arr: np.ndarray, legacy_dims: bool) -> bytes:
+    arr = np.asarray(arr, dtype=np.float32)
+    if legacy_dims:
+        if arr.ndim > 4:
+            raise WeightsError(f"a legacy blob has at most 4 axes, got shape {arr.shape}")
+        dims = (1,) * (4 - arr.ndim) + arr.shape  # Caffe's LegacyShape: pad on the left
+        head = b"".join(pb.field_varint(i + 1, int(d)) for i, d in enumerate(dims))
+    else:
+        head = pb.field_len(7, pb.field_packed_varints(1, arr.shape))
+    return head + pb.field_packed(5, arr.reshape(-1), "<f4")
+
+
+def _default_type(blobs: Sequence[np.ndarray]) -> str:
+    return "Convolution" if blobs and np.ndim(blobs[0]) == 4 else "InnerProduct"
+
+
+def encode_caffemodel(layers: Mapping[str, Sequence[np.ndarray]] | Iterable[tuple],
+                      v1: bool = False, legacy_dims: bool | None = None,
+                      name: str = "") -> bytes:
+    """Serialise layers as a ``NetParameter`` (see :func:`write_caffemodel`)."""
+    items = (layers.items() if isinstance(layers, Mapping) else layers)
+    legacy_dims = v1 if legacy_dims is None else legacy_dims
+    parts = [pb.field_string(1, name)] if name else []
+    for item in items:
+        if len(item) == 2:
+            lname, blobs = item
+            ltype = _default_type(blobs)
+        else:
+            lname, ltype, blobs = item
+        body_blobs = b"".join(pb.field_len(6 if v1 else 7, _encode_blob(b, legacy_dims))
+                              for b in blobs)
+        if v1:
+            if ltype not in _V1_TYPE_CODES:
+                raise WeightsError(f"layer '{lname}': type '{ltype}' has no V1 enum value")
+            body = pb.field_string(4, lname) + pb.field_varint(5, _V1_TYPE_CODES[ltype]) + body_blobs
+            parts.append(pb.field_len(2, body))
+        else:
+            body = pb.field_string(1, lname) + pb.field_string(2, ltype) + body_blobs
+            parts.append(pb.field_len(100, body))
+    return b"".join(parts)
+
+
+def write_caffemodel(path: str | os.PathLike,
+                     layers: Mapping[str, Sequence[np.ndarray]] | Iterable[tuple],
+                     v1: bool = False, legacy_dims: bool | None = None,
+                     name: str = "") -> None:
+    """Write weight blobs as a binary ``.caffemodel`` that Caffe (and we) can read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file.
+    layers : mapping or iterable
+        ``{layer_name: [weight, bias, ...]}`` or ``[(name, type, blobs), ...]``.
+        Without a type, 4-D weights make a ``"Convolution"`` layer and others an
+        ``"InnerProduct"`` layer.
+    v1 : bool
+        Write the deprecated V1 ``layers`` field (enum types), like the BVLC AlexNet
+        and CaffeNet releases, instead of V2 ``layer``.
+    legacy_dims : bool, optional
+        Blob shapes as ``num, channels, height, width`` (left-padded with ones to
+        4-D) instead of ``BlobShape``. Defaults to ``v1``.
+    name : str
+        ``NetParameter.name``.
+    """
+    data = encode_caffemodel(layers, v1=v1, legacy_dims=legacy_dims, name=name)
+    with open(os.fspath(path), "wb") as fh:
+        fh.write(data)
