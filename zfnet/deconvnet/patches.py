@@ -1,0 +1,285 @@
+"""Image patches and deconvnet projections of top-k units, ready to draw.
+
+For each mined unit -- a (layer, channel, rank) whose candidate is image ``n`` at
+map position ``(y, x)`` -- we show two crops of the same input box, the unit's
+receptive field ``(y0, x0, y1, x1)`` (see :func:`~zfnet.deconvnet.unit_box`):
+
+* the **patch**: the preprocessed image (the pixels the network saw, after resize
+  and crop, before normalisation) under the box;
+* the **projection**: the deconvnet projection of that single activation, all
+  other activations of the layer set to zero (:func:`~zfnet.deconvnet.project_units`),
+  cropped to the same box.
+
+Borders
+-------
+A receptive field often reaches past the image (units near the edge; every unit of
+a deep layer whose field is larger than the input).  The box is *not* shifted or
+clipped to fit: the crop keeps its full size and its position relative to the unit,
+and the part outside the image is filled with a grey checkerboard -- the usual
+"nothing here" pattern of image editors -- in both the patch and the projection.
+So every patch of a layer has the same size and the unit's centre is always at the
+patch's centre.
+
+Display scaling of projections
+------------------------------
+A projection is a signal in the network's input space: zero means "no
+contribution", and its overall scale is that of the kept activation.  To draw it:
+
+1. it is mapped back to pixel units channel by channel, ``q[c] = p[c] * std[c] /
+   scale``, and put in RGB order (for BGR networks), so colours mean what they mean
+   in the patch;
+2. its contrast is stretched **per patch**, as in the paper's figures, where every
+   projection spans the full grey range whatever the strength of its activation
+   (the paper does not write the scaling down; its figures share no scale between
+   patches).  Two stretches are offered:
+
+   ``"symmetric"`` (default)
+       ``0.5 + 0.5 * q / max|q|`` over the pixels inside the image: zero is mid
+       grey, the strongest signal of either sign reaches black or white.  The
+       grey background of the paper's projections is consistent with this.
+   ``"minmax"``
+       ``(q - min q) / (max q - min q)``: uses the full range but moves zero.
+
+Because every patch is stretched on its own, projections show *where and what*, not
+*how strongly*; the activation value is printed beside each one for that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..backend import asnumpy
+from ..data import ImageFolder, Transform, normalize
+from ..errors import ConfigError
+from .project import project_units
+from .receptive_field import receptive_fields, unit_box
+
+__all__ = [
+    "checkerboard",
+    "crop_with_border",
+    "display_projection",
+    "UnitView",
+    "unit_views",
+    "SCALINGS",
+]
+
+SCALINGS = ("symmetric", "minmax")
+
+#: The two greys of the out-of-image checkerboard, and its cell size in pixels.
+CHECKER_COLOURS = ((204, 204, 204), (153, 153, 153))
+CHECKER_CELL = 4
+
+
+def checkerboard(h: int, w: int, cell: int = CHECKER_CELL, colours=CHECKER_COLOURS) -> np.ndarray:
+    """A grey checkerboard, uint8 (h, w, 3): the fill for regions outside the image."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    odd = ((yy // cell) + (xx // cell)) % 2 == 1  # (h, w)
+    out = np.empty((h, w, 3), np.uint8)
+    out[~odd] = colours[0]
+    out[odd] = colours[1]
+    return out
+
+
+def crop_with_border(image: np.ndarray, box: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``image[y0:y1, x0:x1]`` where the box may extend past the image.
+
+    Parameters
+    ----------
+    image : ndarray (H, W, ...)
+    box : (y0, x0, y1, x1)
+        Half-open and unclipped (may be negative or past H, W).
+
+    Returns
+    -------
+    crop : ndarray (y1 - y0, x1 - x0, ...)
+        Zero outside the image.
+    inside : bool ndarray (y1 - y0, x1 - x0)
+        True where the crop lies on the image.
+    """
+    y0, x0, y1, x1 = (int(v) for v in box)
+    h, w = image.shape[:2]
+    crop = np.zeros((y1 - y0, x1 - x0) + image.shape[2:], image.dtype)
+    inside = np.zeros((y1 - y0, x1 - x0), bool)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)  # the part on the image
+    if sy1 > sy0 and sx1 > sx0:
+        crop[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = image[sy0:sy1, sx0:sx1]
+        inside[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = True
+    return crop, inside
+
+
+def display_projection(
+    projection: np.ndarray,
+    transform: Transform,
+    inside: np.ndarray | None = None,
+    scaling: str = "symmetric",
+) -> np.ndarray:
+    """A projection crop as an RGB picture, contrast stretched on its own.
+
+    Parameters
+    ----------
+    projection : ndarray (3, h, w)
+        In the network's input space (its channel order, normalised units).
+    transform : Transform
+        The network's preprocessing, to map back to pixel units and RGB order.
+    inside : bool ndarray (h, w), optional
+        Pixels on the image; the stretch uses only these, the rest becomes the
+        checkerboard.  Default: all.
+    scaling : {"symmetric", "minmax"}
+        See the module docstring.
+
+    Returns
+    -------
+    ndarray, uint8 (h, w, 3)
+    """
+    if scaling not in SCALINGS:
+        raise ConfigError(f"scaling={scaling!r}: expected one of {SCALINGS}")
+    cfg = transform.config
+    q = np.asarray(projection, np.float64) * (np.asarray(cfg.std)[:, None, None] / cfg.scale)  # (3, h, w)
+    if cfg.channel_order == "BGR":
+        q = q[::-1]
+    q = q.transpose(1, 2, 0)  # (h, w, 3)
+    h, w = q.shape[:2]
+    if inside is None:
+        inside = np.ones((h, w), bool)
+    vals = q[inside]
+    if scaling == "symmetric":
+        m = float(np.abs(vals).max()) if vals.size else 0.0
+        out = 0.5 + 0.5 * q / m if m > 0 else np.full_like(q, 0.5)
+    else:
+        lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
+        out = (q - lo) / (hi - lo) if hi > lo else np.full_like(q, 0.5)
+    pic = np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+    if not inside.all():
+        pic[~inside] = checkerboard(h, w)[~inside]
+    return pic
+
+
+@dataclass
+class UnitView:
+    """Everything drawn for one mined unit.
+
+    Attributes
+    ----------
+    layer : str
+    channel, rank, image : int
+        ``rank`` 0 is the strongest; ``image`` is the folder index.
+    path : str
+        Relative path of the image.
+    y, x : int
+        Position in the layer's map.
+    value : float
+        The activation.
+    box : (y0, x0, y1, x1)
+        Unclipped receptive field in input pixels (half-open).
+    patch : uint8 (h, w, 3)
+        The preprocessed image under the box, checkerboard outside the image.
+    projection : uint8 (h, w, 3)
+        The deconvnet projection under the box, stretched for display.
+    inside : bool (h, w)
+        Where the box lies on the image.
+    raw : float32 (3, h, w)
+        The projection crop before display scaling (network input space).
+    """
+
+    layer: str
+    channel: int
+    rank: int
+    image: int
+    path: str
+    y: int
+    x: int
+    value: float
+    box: tuple[int, int, int, int]
+    patch: np.ndarray
+    projection: np.ndarray
+    inside: np.ndarray
+    raw: np.ndarray = field(repr=False)
+
+
+def unit_views(
+    model,
+    folder: ImageFolder,
+    transform: Transform,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    rule: str = "deconvnet",
+    scaling: str = "symmetric",
+    chunk: int = 16,
+    to_device: Callable[[np.ndarray], Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[UnitView]:
+    """Patches and projections of mined units (records from :meth:`TopK.records`).
+
+    Units are grouped by image and projected ``chunk`` at a time, each with its own
+    image's switches (:func:`~zfnet.deconvnet.project_units`), after one forward pass
+    per chunk up to the unit's layer.
+
+    Parameters
+    ----------
+    model : Network
+    folder : ImageFolder
+        The folder that was mined (records' ``image`` indices refer to it).
+    transform : Transform
+        The preprocessing used for mining.
+    records : iterable of mapping
+        Each with ``layer, channel, rank, image, y, x, value``.
+    rule : {"deconvnet", "backprop", "guided"}
+    scaling : {"symmetric", "minmax"}
+    chunk : int
+        Units per forward/deconv pass (memory: every layer's caches for ``chunk``
+        images).
+    to_device : callable, optional
+        Moves input batches to the model's device.
+    progress : callable, optional
+        Called with the number of units finished after each chunk.
+
+    Returns
+    -------
+    list of UnitView
+        In the order of ``records``.
+    """
+    records = list(records)
+    rfs = receptive_fields(model)
+    size = transform.config.input_size
+    out: list[UnitView | None] = [None] * len(records)
+    # Group by layer, then order by image so a chunk needs few distinct images.
+    by_layer: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_layer.setdefault(r["layer"], []).append(i)
+    for layer, idxs in by_layer.items():
+        idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
+        for lo in range(0, len(idxs), chunk):
+            part = idxs[lo: lo + chunk]
+            images = sorted({int(records[i]["image"]) for i in part})
+            where = {n: j for j, n in enumerate(images)}
+            pictures = [transform.geometry(folder[n]) for n in images]  # (H, W, 3) uint8 each
+            x = np.stack([normalize(p, transform.config) for p in pictures])  # (B, 3, H, W)
+            if to_device is not None:
+                x = to_device(x)
+            units = np.array(
+                [[where[int(records[i]["image"])], records[i]["channel"], records[i]["y"], records[i]["x"]]
+                 for i in part], np.int64)  # (U, 4)
+            proj = asnumpy(project_units(model, x, layer, units, rule=rule))  # (U, 3, H, W)
+            for u, i in enumerate(part):
+                r = records[i]
+                if layer in rfs:
+                    box = unit_box(rfs, layer, int(r["y"]), int(r["x"]), clip=False)
+                else:  # past the last spatial layer: the unit sees the whole image
+                    box = (0, 0) + tuple(size)
+                patch, inside = crop_with_border(pictures[where[int(r["image"])]], box)
+                if not inside.all():
+                    patch[~inside] = checkerboard(*inside.shape)[~inside]
+                raw, _ = crop_with_border(proj[u].transpose(1, 2, 0), box)  # (h, w, 3)
+                raw = np.ascontiguousarray(raw.transpose(2, 0, 1), np.float32)  # (3, h, w)
+                out[i] = UnitView(
+                    layer=layer, channel=int(r["channel"]), rank=int(r["rank"]), image=int(r["image"]),
+                    path=str(r.get("path", folder.paths[int(r["image"])])), y=int(r["y"]), x=int(r["x"]),
+                    value=float(r["value"]), box=tuple(int(v) for v in box), patch=patch,
+                    projection=display_projection(raw, transform, inside, scaling), inside=inside, raw=raw,
+                )
+            if progress is not None:
+                progress(len(part))
+    return out  # type: ignore[return-value]
