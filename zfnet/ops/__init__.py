@@ -10,14 +10,31 @@ forward                paired with                 used in the deconvnet for
 :func:`lrn`            passed through              (not inverted, paper section 2.1)
 :func:`linear`         ``y @ w``                   fully connected layers
 =====================  ==========================  ==================================
+
+Training uses the same pairs.  The gradients that back-propagation needs are:
+
+=====================  ===============================================================
+forward                backward
+=====================  ===============================================================
+:func:`conv2d`         input: :func:`conv_transpose2d` (the adjoint IS the gradient);
+                       filters: :func:`conv2d_weight_grad`; bias: :func:`conv2d_bias_grad`
+:func:`max_pool2d`     :func:`max_unpool2d` with the switches (scatter-add)
+:func:`relu`           :func:`relu_backward` (mask by the forward output)
+:func:`lrn`            :func:`lrn_backward`
+:func:`linear`         :func:`linear_backward`
+:func:`dropout`        :func:`dropout_backward` (same mask)
+loss                   :func:`softmax_cross_entropy` returns the loss and ``dL/dlogits``
+=====================  ===============================================================
 """
 
 from ._shape import conv_out_size, conv_transpose_out_size, pool_out_size
-from .activation import relu, softmax
-from .conv import conv2d, conv_transpose2d
+from .activation import relu, relu_backward, softmax
+from .conv import conv2d, conv2d_bias_grad, conv2d_weight_grad, conv_transpose2d
+from .dropout import dropout, dropout_backward
 from .im2col import col2im, im2col
-from .linear import linear
-from .norm import lrn
+from .linear import linear, linear_backward
+from .loss import softmax_cross_entropy
+from .norm import lrn, lrn_backward
 from .pool import max_pool2d, max_unpool2d
 
 __all__ = [
@@ -31,6 +48,14 @@ __all__ = [
     "linear",
     "im2col",
     "col2im",
+    "conv2d_weight_grad",
+    "conv2d_bias_grad",
+    "relu_backward",
+    "lrn_backward",
+    "linear_backward",
+    "dropout",
+    "dropout_backward",
+    "softmax_cross_entropy",
     "conv_out_size",
     "conv_transpose_out_size",
     "pool_out_size",

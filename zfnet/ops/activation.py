@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 
-__all__ = ["relu", "softmax"]
+__all__ = ["relu", "relu_backward", "softmax"]
 
 
 def relu(x):
@@ -15,6 +15,32 @@ def relu(x):
     """
     xp = get_array_module(x)
     return xp.maximum(x, 0)
+
+
+def relu_backward(dy, y):
+    """Gradient of :func:`relu`: ``dx = dy * [y > 0]``.
+
+    ``y`` may be the ReLU's output or its input: ``relu(z) > 0`` exactly where
+    ``z > 0``, so the rectified activation the forward pass keeps is enough.  At
+    ``z = 0`` the subgradient 0 is taken (as PyTorch does).
+
+    Parameters
+    ----------
+    dy : array
+        Gradient with respect to the ReLU's output.
+    y : array, same shape
+        The ReLU's output (or input) from the forward pass.
+
+    Returns
+    -------
+    dx : array, same shape as ``dy``
+
+    Paired with
+    -----------
+    :func:`relu`.  This is the ``"backprop"`` rule of :func:`zfnet.nn.relu_rule`;
+    the deconvnet instead rectifies ``dy`` itself.
+    """
+    return dy * (y > 0)
 
 
 def softmax(x, axis: int = -1):

@@ -176,8 +176,8 @@ def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
 
     .. math::
 
-        \frac{\partial L}{\partial w[o, c, u, v]} = \sum_{n, i, j}
-            \frac{\partial L}{\partial y[n, o, i, j]}\, x_{pad}[n, g C_g + c, i s + u, j s + v]
+        \\frac{\\partial L}{\\partial w[o, c, u, v]} = \\sum_{n, i, j}
+            \\frac{\\partial L}{\\partial y[n, o, i, j]}\\, x_{pad}[n, g C_g + c, i s + u, j s + v]
 
     which is one GEMM per group between the output gradient ``(O_g, N*H_out*W_out)``
     and the transposed im2col columns ``(N*H_out*W_out, C_g*kH*kW)``: the same

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..backend import get_array_module
 from ..errors import ShapeError
 
-__all__ = ["lrn"]
+__all__ = ["lrn", "lrn_backward"]
 
 
 def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -51,3 +51,63 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
     for d in range(1, size):  # sum of `size` channel-shifted copies: channel c sees c-before .. c+after
         window += sq[:, d : d + c]
     return x / (k + (alpha / size) * window) ** beta
+
+
+def _window_sum(xp, a, before: int, after: int):
+    """``out[:, c] = sum_{c' = c - before}^{c + after} a[:, c']`` with zeros outside ``[0, C)``."""
+    c = a.shape[1]
+    pad = [(0, 0)] * a.ndim
+    pad[1] = (before, after)
+    a = xp.pad(a, pad)  # (N, C + before + after, ...)
+    out = a[:, 0:c].copy()
+    for d in range(1, before + after + 1):
+        out += a[:, d : d + c]
+    return out
+
+
+def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    """Gradient of :func:`lrn` with respect to its input.
+
+    With ``s_c = k + (alpha / n) sum_{c' in W(c)} x_{c'}^2`` and ``y_c = x_c s_c^{-beta}``,
+    where ``W(c) = [c - floor(n/2), c + floor((n-1)/2)]``:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x_j} = \\frac{\\partial L}{\\partial y_j} s_j^{-\\beta}
+          - \\frac{2 \\alpha \\beta}{n} x_j \\sum_{c:\\, j \\in W(c)}
+            \\frac{\\partial L}{\\partial y_c} \\frac{y_c}{s_c}
+
+    The first term is the direct path; the second is every output whose window
+    contains channel ``j``.  ``j in W(c)`` means ``c in [j - floor((n-1)/2),
+    j + floor(n/2)]``: the window reflected, which matters for even ``n``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W) (or any (N, C, ...))
+        The forward input.
+    y : array, same shape
+        The forward output ``lrn(x, ...)``.
+    dy : array, same shape
+        Gradient with respect to ``y``.
+    size, alpha, beta, k :
+        As in :func:`lrn`.
+
+    Returns
+    -------
+    dx : array, same shape as ``x``
+
+    Paired with
+    -----------
+    :func:`lrn`.  (The deconvnet passes signals through LRN unchanged instead.)
+    """
+    xp = get_array_module(x, y, dy)
+    if not (x.shape == y.shape == dy.shape) or x.ndim < 3:
+        raise ShapeError(
+            f"lrn_backward: x, y and dy must share one (N, C, ...) shape, got "
+            f"{tuple(x.shape)}, {tuple(y.shape)}, {tuple(dy.shape)}"
+        )
+    before, after = size // 2, (size - 1) // 2
+    s = k + (alpha / size) * _window_sum(xp, x * x, before, after)  # the forward denominator base
+    t = dy * y / s  # dL/dy_c * y_c / s_c
+    back = _window_sum(xp, t, after, before)  # sum over the outputs c whose window holds j
+    return dy * s ** (-beta) - (2.0 * alpha * beta / size) * x * back
