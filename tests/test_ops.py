@@ -240,3 +240,34 @@ def test_lrn_linear_softmax_match_torch(torch):
     close(ops.linear(a, w, b), F.linear(torch.tensor(a), torch.tensor(w), torch.tensor(b)).numpy())
     close(ops.softmax(a), F.softmax(torch.tensor(a), dim=1).numpy())
     close(ops.relu(a), F.relu(torch.tensor(a)).numpy())
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+def test_ops_agree_across_backends(xp):
+    """The same op on NumPy and on the ``xp`` backend gives the same numbers.
+
+    On NumPy this checks that the ops accept and return plain arrays; on CuPy (marked
+    gpu, skipped without a device) it checks every CuPy fast path against the NumPy one.
+    """
+    from zfnet.backend import asnumpy
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 15, 13)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    X, W, B = xp.asarray(x), xp.asarray(w), xp.asarray(b)
+    y = ops.conv2d(X, W, B, 2, 1, 2)
+    assert type(y) is type(X)
+    close(asnumpy(y), ops.conv2d(x, w, b, 2, 1, 2))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    close(asnumpy(ops.conv_transpose2d(xp.asarray(g), W, None, 2, 1, 2, output_size=(15, 13))),
+          ops.conv_transpose2d(g, w, None, 2, 1, 2, output_size=(15, 13)))
+    yp, sw = ops.max_pool2d(X, 3, 2, 0, True)
+    yp0, sw0 = ops.max_pool2d(x, 3, 2, 0, True)
+    np.testing.assert_array_equal(asnumpy(yp), yp0)
+    np.testing.assert_array_equal(asnumpy(sw), sw0)
+    close(asnumpy(ops.max_unpool2d(yp, sw, (15, 13))), ops.max_unpool2d(yp0, sw0, (15, 13)))
+    close(asnumpy(ops.lrn(X, 5, 1e-4, 0.75, 2.0)), ops.lrn(x, 5, 1e-4, 0.75, 2.0))
+    close(asnumpy(ops.relu(X)), ops.relu(x))
