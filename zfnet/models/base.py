@@ -206,6 +206,49 @@ class Network:
             signal = self.layers[i].deconv(signal, trace, rule, start=start)
         return signal
 
+    def backward(self, dloss, trace: Trace, input_grad: bool = True):
+        """Back-propagate ``dloss = dL/d(output)`` through every layer, top to bottom.
+
+        Each layer's ``backward`` returns the gradient with respect to its input and
+        leaves its parameter gradients in ``layer.grads``; :meth:`gradients` collects
+        them keyed like :meth:`state_dict`.  Gradients are overwritten, not
+        accumulated, by each call.
+
+        Parameters
+        ----------
+        dloss : array, shape (N, num_classes)
+            E.g. the second result of :func:`zfnet.ops.softmax_cross_entropy`.
+        trace : Trace
+            From ``forward(x)`` run in training mode (:meth:`train`) with caches,
+            all the way to the output.
+        input_grad : bool
+            Also compute ``dL/dx`` for the input images (the trainer skips it: it
+            costs a transposed convolution at full resolution).
+
+        Returns
+        -------
+        array, shape (N, 3, H, W), or None when ``input_grad`` is False.
+        """
+        if not trace.keep_caches:
+            raise ConfigError("backward() needs a trace recorded with caches=True")
+        if trace.output is None:
+            raise ConfigError("backward() needs a forward pass that ran to the output (no upto=)")
+        if tuple(dloss.shape) != tuple(trace.output.shape):
+            raise ShapeError(f"{self.arch}: dloss has shape {tuple(dloss.shape)}, the output {tuple(trace.output.shape)}")
+        grad = dloss
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[i].backward(grad, trace, input_grad=input_grad or i > 0)
+        return grad
+
+    def gradients(self) -> dict:
+        """The last :meth:`backward`'s parameter gradients, keyed like :meth:`state_dict` (arrays on the device)."""
+        out = {}
+        for key, layer, attr in self.named_parameters():
+            if attr not in layer.grads:
+                raise ConfigError(f"no gradient for {key}: call backward() after a training-mode forward first")
+            out[key] = layer.grads[attr]
+        return out
+
     def unpadded(self) -> "Network":
         """A copy whose convolutions and pools use no padding (weights shared).
 

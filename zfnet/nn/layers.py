@@ -5,6 +5,14 @@ Each layer knows how to go up (``forward``) and how to send a signal back down
 deconvnet, backprop and guided backprop all run through ``deconv``; they differ only
 in the ``rule`` handed to :func:`~zfnet.nn.relu_rule`.
 
+Training adds a third direction, ``backward(dy, trace)``: the gradient of the loss
+with respect to the layer's input, with the parameter gradients left in
+``layer.grads`` (keyed like ``params()``).  In training mode (``layer.training``)
+the forward pass saves what backward needs in the trace's caches (inputs and
+outputs, as references, not copies).  The deconv steps above are unchanged: for
+max pooling, the transposed convolution and adaptive pooling the deconv step IS the
+gradient; only the ReLU rule and LRN differ.
+
 A layer's ``rf()`` gives ``(kernel, stride, padding)`` along one spatial axis for
 the receptive-field recurrence, ``(1, 1, 0)`` for pointwise layers and ``None`` for
 layers after which space is gone (flatten, fully connected, global pooling).
@@ -17,8 +25,22 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ..errors import ShapeError
-from ..ops import conv2d, conv_transpose2d, linear, lrn, max_pool2d, max_unpool2d, relu
+from ..errors import ConfigError, ShapeError
+from ..ops import (
+    conv2d,
+    conv2d_bias_grad,
+    conv2d_weight_grad,
+    conv_transpose2d,
+    dropout_backward,
+    linear,
+    linear_backward,
+    lrn,
+    lrn_backward,
+    max_pool2d,
+    max_unpool2d,
+    relu,
+    relu_backward,
+)
 from ..ops._shape import conv_out_size, pair, pool_out_size
 from .rules import relu_rule
 from .trace import Trace
@@ -41,6 +63,7 @@ class Layer:
     def __init__(self, name: str):
         self.name = name
         self.training = False
+        self.grads: dict = {}  # parameter gradients of the last backward(), keyed like params()
 
     # -- the two directions -------------------------------------------------
     def forward(self, x, trace: Trace | None = None):
@@ -53,6 +76,32 @@ class Layer:
         the projection starts at one of their inner activations.
         """
         raise NotImplementedError
+
+    def backward(self, dy, trace: Trace, input_grad: bool = True):
+        """Back-propagate ``dy = dL/d(output)``: return ``dL/d(input)``, set ``self.grads``.
+
+        Needs the trace of a forward pass run in training mode with caches.  With
+        ``input_grad=False`` the input gradient is not computed and None is returned
+        (the first layer's, which nothing uses in training).
+        """
+        raise NotImplementedError(f"{self.name}: {type(self).__name__} has no backward()")
+
+    def _training_cache(self, trace):
+        """This layer's cache dict when the forward pass must save for backward, else None."""
+        if self.training and trace is not None:
+            return trace.cache(self.name)
+        return None
+
+    def _saved(self, trace, *keys):
+        """What the training-mode forward pass saved, or a ConfigError saying how to get it."""
+        c = trace.caches.get(self.name, {}) if trace is not None else {}
+        missing = [k for k in keys if k not in c]
+        if missing:
+            raise ConfigError(
+                f"{self.name}: backward() needs {', '.join(missing)} saved by the forward pass; "
+                "run the forward in training mode (model.train()) with caches=True"
+            )
+        return [c[k] for k in keys]
 
     # -- bookkeeping ----------------------------------------------------------
     def params(self) -> dict:
@@ -120,6 +169,8 @@ class Conv2d(Layer):
             y = relu(y)
         if trace is not None and (c := trace.cache(self.name)) is not None:
             c["in_hw"] = tuple(x.shape[2:])
+        if (c := self._training_cache(trace)) is not None:
+            c["x"], c["y"] = x, y
         return y
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
@@ -127,6 +178,17 @@ class Conv2d(Layer):
             signal = relu_rule(signal, trace.activations[self.name] > 0, rule)
         return conv_transpose2d(signal, self.weight, None, self.stride, self.padding, self.groups,
                                 output_size=trace.caches[self.name]["in_hw"])
+
+    def backward(self, dy, trace, input_grad=True):
+        """``dz = dy * [y > 0]``; ``dw``, ``db`` from :func:`conv2d_weight_grad`; ``dx = conv_transpose2d(dz, w)``."""
+        x, y = self._saved(trace, "x", "y")
+        dz = relu_backward(dy, y) if self.relu else dy
+        self.grads = {"weight": conv2d_weight_grad(x, dz, self.weight.shape, self.stride, self.padding, self.groups)}
+        if self.bias is not None:
+            self.grads["bias"] = conv2d_bias_grad(dz)
+        if not input_grad:
+            return None
+        return conv_transpose2d(dz, self.weight, None, self.stride, self.padding, self.groups, output_size=x.shape)
 
     def params(self):
         return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
@@ -166,6 +228,11 @@ class MaxPool2d(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return max_unpool2d(signal, trace.switches[self.name], trace.caches[self.name]["in_hw"])
 
+    def backward(self, dy, trace, input_grad=True):
+        """The gradient of max pooling is unpooling with the switches (scatter-add)."""
+        (in_hw,) = self._saved(trace, "in_hw")
+        return max_unpool2d(dy, trace.switches[self.name], in_hw) if input_grad else None
+
     def rf(self):
         return (self.kernel_size[0], self.stride[0], self.padding[0])
 
@@ -192,10 +259,20 @@ class LRN(Layer):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x, trace=None):
-        return lrn(x, self.size, self.alpha, self.beta, self.k)
+        y = lrn(x, self.size, self.alpha, self.beta, self.k)
+        if (c := self._training_cache(trace)) is not None:
+            c["x"], c["y"] = x, y
+        return y
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal
+
+    def backward(self, dy, trace, input_grad=True):
+        """The true gradient :func:`lrn_backward` (unlike ``deconv``, which passes through)."""
+        if not input_grad:
+            return None
+        x, y = self._saved(trace, "x", "y")
+        return lrn_backward(x, y, dy, self.size, self.alpha, self.beta, self.k)
 
     def describe(self):
         return f"LRN size {self.size} alpha {self.alpha:g} beta {self.beta:g} k {self.k:g}"
@@ -213,7 +290,18 @@ class Linear(Layer):
 
     def forward(self, x, trace=None):
         y = linear(x, self.weight, self.bias)
-        return relu(y) if self.relu else y
+        y = relu(y) if self.relu else y
+        if (c := self._training_cache(trace)) is not None:
+            c["x"], c["y"] = x, y
+        return y
+
+    def backward(self, dy, trace, input_grad=True):
+        """``dz = dy * [y > 0]``, then :func:`linear_backward`."""
+        x, y = self._saved(trace, "x", "y")
+        dz = relu_backward(dy, y) if self.relu else dy
+        dx, dw, db = linear_backward(x, self.weight, dz)
+        self.grads = {"weight": dw, "bias": db}
+        return dx if input_grad else None
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         if self.relu:
@@ -257,6 +345,13 @@ class Dropout(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal
 
+    def backward(self, dy, trace, input_grad=True):
+        """Mask and scale ``dy`` like the forward pass; identity if the forward was (eval, p=0)."""
+        if not input_grad:
+            return None
+        keep = trace.caches.get(self.name, {}).get("keep")
+        return dy if keep is None else dropout_backward(dy, keep, self.p)
+
     def describe(self):
         return f"dropout p={self.p}"
 
@@ -271,6 +366,10 @@ class Flatten(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal.reshape((signal.shape[0],) + trace.caches[self.name]["in_shape"])
+
+    def backward(self, dy, trace, input_grad=True):
+        (in_shape,) = self._saved(trace, "in_shape")
+        return dy.reshape((dy.shape[0],) + in_shape) if input_grad else None  # (N, C, H, W)
 
     def rf(self):
         return None
@@ -320,6 +419,11 @@ class AdaptiveAvgPool2d(Layer):
             for j, (w0, w1) in enumerate(_bins(w, ow)):
                 x[:, :, h0:h1, w0:w1] += signal[:, :, i : i + 1, j : j + 1] / ((h1 - h0) * (w1 - w0))
         return x
+
+    def backward(self, dy, trace, input_grad=True):
+        """Averaging is linear, so its gradient is its adjoint: the ``deconv`` step."""
+        self._saved(trace, "in_hw")
+        return self.deconv(dy, trace) if input_grad else None
 
     def rf(self):
         return None

@@ -1,0 +1,135 @@
+"""Layer-level backward: ``Network.backward`` against PyTorch autograd.
+
+A small ZFNet-like stack (conv with stride and padding, overlapping ceil-mode
+pooling, LRN, a grouped conv, adaptive pooling, fully connected layers with
+dropout) and the real ``zfnet()`` at a narrow fc width on one 224x224 image: every
+parameter gradient and the input gradient must equal torch's for the same
+weights, the same dropout masks and the same cross-entropy loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zfnet.errors import ConfigError
+from zfnet.models import Network, zfnet
+from zfnet.nn import LRN, AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d
+from zfnet.ops import softmax_cross_entropy
+
+
+def small_net(seed=0) -> Network:
+    rng = np.random.default_rng(seed)
+    layers = [
+        Conv2d("conv1", 3, 6, 5, stride=2, padding=1, rng=rng),
+        MaxPool2d("pool1", 3, 2, ceil_mode=True),
+        LRN("norm1", size=5, alpha=1e-2, beta=0.75, k=2.0),  # alpha large enough to matter
+        Conv2d("conv2", 6, 8, 3, padding=1, groups=2, rng=rng),
+        MaxPool2d("pool2", 3, 2, ceil_mode=True),
+        AdaptiveAvgPool2d("avgpool", (2, 2)),
+        Flatten("flatten"),
+        Linear("fc6", 8 * 2 * 2, 16, rng=rng),
+        Dropout("drop6", 0.5, seed=seed + 6),
+        Linear("fc8", 16, 5, relu=False, rng=rng),
+    ]
+    for layer in layers:  # non-zero biases, so their gradients flow through something
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = rng.standard_normal(layer.bias.shape).astype(np.float32) * 0.1
+    return Network(layers, {"arch": "small", "num_classes": 5, "input_size": [23, 23]})
+
+
+def torch_grads(model: Network, x: np.ndarray, labels: np.ndarray, trace):
+    """Autograd of the same loss through torch layers with our weights and dropout masks."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
+    h = xt = torch.tensor(x, requires_grad=True)
+    for layer in model.layers:
+        p = lambda a: params[f"{layer.name}.{a}"]  # noqa: E731
+        if isinstance(layer, Conv2d):
+            h = F.conv2d(h, p("weight"), p("bias"), layer.stride, layer.padding, 1, layer.groups)
+            h = F.relu(h) if layer.relu else h
+        elif isinstance(layer, MaxPool2d):
+            h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode)
+        elif isinstance(layer, LRN):
+            h = F.local_response_norm(h, layer.size, layer.alpha, layer.beta, layer.k)
+        elif isinstance(layer, AdaptiveAvgPool2d):
+            h = F.adaptive_avg_pool2d(h, layer.output_size)
+        elif isinstance(layer, Flatten):
+            h = h.flatten(1)
+        elif isinstance(layer, Linear):
+            h = F.linear(h, p("weight"), p("bias"))
+            h = F.relu(h) if layer.relu else h
+        elif isinstance(layer, Dropout):
+            keep = torch.tensor(np.asarray(trace.caches[layer.name]["keep"]))
+            h = h * keep / (1 - layer.p)
+    loss = F.cross_entropy(h, torch.tensor(labels))
+    loss.backward()
+    return loss.item(), {k: v.grad.numpy() for k, v in params.items()}, xt.grad.numpy()
+
+
+def check_against_torch(model, x, labels, rtol, atol):
+    model.train()
+    trace = model.forward(x)
+    loss, dlogits = softmax_cross_entropy(trace.output, labels)
+    dx = model.backward(dlogits, trace)
+    grads = model.gradients()
+    t_loss, t_grads, t_dx = torch_grads(model, x, labels, trace)
+    assert np.isclose(float(loss), t_loss, rtol=1e-5)
+    assert set(grads) == set(t_grads)
+    for key in t_grads:
+        scale = np.abs(t_grads[key]).max() + 1e-12
+        np.testing.assert_allclose(grads[key] / scale, t_grads[key] / scale, rtol=rtol, atol=atol, err_msg=key)
+    np.testing.assert_allclose(dx / np.abs(t_dx).max(), t_dx / np.abs(t_dx).max(), rtol=rtol, atol=atol)
+    return model
+
+
+def test_small_network_backward_matches_torch():
+    model = small_net()
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 3, 23, 23)).astype(np.float32)
+    check_against_torch(model, x, np.array([0, 3, 4]), rtol=1e-4, atol=1e-5)
+
+
+def test_zfnet_backward_matches_torch_on_one_image():
+    model = zfnet(num_classes=10, fc_width=32, seed=0)
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    check_against_torch(model, x, np.array([7]), rtol=1e-3, atol=1e-4)
+
+
+def test_backward_without_input_gradient_gives_the_same_parameter_gradients():
+    model = small_net().train()
+    x = np.random.default_rng(3).standard_normal((2, 3, 23, 23)).astype(np.float32)
+    trace = model.forward(x)
+    _, d = softmax_cross_entropy(trace.output, np.array([1, 2]))
+    model.backward(d, trace)
+    full = {k: v.copy() for k, v in model.gradients().items()}
+    assert model.backward(d, trace, input_grad=False) is None
+    for k, v in model.gradients().items():
+        np.testing.assert_array_equal(v, full[k])
+
+
+def test_backward_needs_a_training_forward_with_caches():
+    model = small_net()
+    x = np.zeros((1, 3, 23, 23), np.float32)
+    trace = model.eval().forward(x)
+    with pytest.raises(ConfigError, match="training mode"):
+        model.backward(np.zeros((1, 5), np.float32), trace)
+    trace = model.train().forward(x, caches=False)
+    with pytest.raises(ConfigError, match="caches=True"):
+        model.backward(np.zeros((1, 5), np.float32), trace)
+    with pytest.raises(ConfigError, match="no gradient"):
+        small_net().gradients()
+
+
+def test_training_mode_leaves_the_forward_and_deconv_unchanged():
+    model = small_net()
+    x = np.random.default_rng(4).standard_normal((2, 3, 23, 23)).astype(np.float32)
+    ev = model.eval().forward(x)
+    for layer in model.layers:  # dropout off, so eval and train forwards agree
+        if isinstance(layer, Dropout):
+            layer.p = 0.0
+    tr = model.train().forward(x)
+    np.testing.assert_array_equal(ev.output, tr.output)
+    sig = np.maximum(ev.activations["conv2"], 0)
+    np.testing.assert_array_equal(model.deconv(sig, ev, "conv2"), model.deconv(sig, tr, "conv2"))
