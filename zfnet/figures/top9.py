@@ -1,0 +1,323 @@
+"""The whole top-9 job: mine a folder, project the chosen units, draw, write a gallery.
+
+:func:`run_top9` is what ``zfnet top9`` and ``zfnet demo`` call.  Outputs, all under
+``out``::
+
+    top9.json            every mined result: layer, channel, rank, image path, y, x, value
+                         (and the unit's receptive-field box), plus what was mined with what
+    topk_state.npz/.json the miner's state (``--resume`` continues from it)
+    fig2_<layer>.png     Fig. 2 style picture per layer
+    filters_conv1.png    first-layer filters (when the first layer sees RGB)
+    gallery/index.html   the offline gallery
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..backend import to_device as _to_device
+from ..data import ImageBatches, ImageFolder, Transform, TransformConfig, summarize_skips
+from ..data.transforms import Skipped
+from ..deconvnet.patches import UnitView, unit_views
+from ..deconvnet.receptive_field import receptive_fields, unit_box
+from ..deconvnet.topk import TopK, mine, paths_digest
+from ..errors import ConfigError
+from .fig2 import layer_figure, select_units, unit_block
+from .filters import filter_grid, filter_tiles
+from .gallery import _slug, write_gallery
+from .render import save_png
+
+__all__ = ["transform_for", "first_layer_weight", "activation_shapes", "run_top9", "Top9Result", "peak_rss_mib"]
+
+
+def transform_for(model) -> Transform:
+    """The preprocessing that goes with ``model``'s weights.
+
+    Looked up, in order: ``model.transform_config`` (a :class:`TransformConfig`, set
+    by the weights loader), ``model.config["preprocess"]`` (a dict), the
+    preprocessing keys at the top of ``model.config``; missing keys take
+    :class:`TransformConfig`'s defaults except ``input_size``, which is the model's.
+    """
+    cfg = getattr(model, "transform_config", None)
+    if isinstance(cfg, TransformConfig):
+        return Transform(cfg)
+    meta = dict(model.config.get("preprocess") or {})
+    for key in TransformConfig._KEYS:
+        if key not in meta and key in model.config:
+            meta[key] = model.config[key]
+    if "input_size" not in meta and "crop" not in meta:
+        meta["input_size"] = list(model.input_size)
+    size = meta.get("input_size", meta.get("crop"))
+    if "resize" not in meta:
+        # Default: the usual 256 for a 224 crop, scaled for other crops.
+        side = max(size) if isinstance(size, (list, tuple)) else int(size)
+        meta["resize"] = max(side, int(round(side * 256 / 224)))
+    return Transform(TransformConfig.from_dict(meta))
+
+
+def first_layer_weight(model) -> tuple[str, np.ndarray] | None:
+    """``(name, OIHW weight)`` of the first layer when it is a conv on 3 channels, else None."""
+    first = model.layers[0]
+    w = getattr(first, "weight", None)
+    if w is None or getattr(w, "ndim", 0) != 4 or w.shape[1] != 3:
+        return None
+    from ..backend import asnumpy
+
+    return first.name, asnumpy(w)
+
+
+def activation_shapes(model, layers: Sequence[str], input_size) -> dict[str, tuple[int, ...]]:
+    """Shape (without batch) of each named activation, by one forward pass on zeros."""
+    names = model.layer_names()
+    bad = [l for l in layers if l not in names]
+    if bad:
+        raise ConfigError(f"{model.arch} has no layer(s) {bad}; layers are: {', '.join(names)}")
+    top = max(layers, key=names.index)
+    x = np.zeros((1, 3) + tuple(input_size), np.float32)
+    acts = model.forward(x, upto=top, keep=layers, caches=False).activations
+    return {l: tuple(int(s) for s in acts[l].shape[1:]) for l in layers}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB (``getrusage`` maxrss)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024.0 if sys.platform != "darwin" else r / 2**20
+
+
+@dataclass
+class Top9Result:
+    """What :func:`run_top9` did, for the summary paragraph and for tests."""
+
+    out: Path
+    state: TopK
+    n_files: int
+    n_read: int
+    skipped: list[dict[str, Any]]
+    notes: list[dict[str, Any]]
+    seconds_mining: float
+    seconds_total: float
+    images_per_second: float
+    peak_rss_mib: float
+    resumed_from: int
+    figures: dict[str, Path] = field(default_factory=dict)
+    gallery: Path | None = None
+    weights_label: str = ""
+
+    def summary(self) -> str:
+        """The one-paragraph account printed at the end of a run."""
+        skipped = [Skipped(s["index"], s["path"], s["kind"], s["detail"]) for s in self.skipped]
+        from ..data.transforms import Note
+
+        notes = [Note(n["index"], n["path"], n["text"]) for n in self.notes]
+        text = summarize_skips(self.state.n_images, skipped, notes)
+        resumed = f" (resumed at image {self.resumed_from:,})" if self.resumed_from else ""
+        layers = ", ".join(f"{n} ({t.channels} ch)" for n, t in self.state.layers.items())
+        return (
+            f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
+            f"{self.weights_label or 'the given weights'}: {text}. Mining took {self.seconds_mining:.1f} s "
+            f"({self.images_per_second:.1f} images/s), everything {self.seconds_total:.1f} s; "
+            f"peak memory {self.peak_rss_mib:.0f} MiB. Results: {self.out / 'top9.json'}; figures: "
+            + (", ".join(str(p) for p in self.figures.values()) or "none")
+            + (f"; gallery: {self.gallery}" if self.gallery else "")
+            + "."
+        )
+
+
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+
+
+def run_top9(
+    model,
+    images: str | os.PathLike | ImageFolder,
+    out: str | os.PathLike,
+    *,
+    layers: Sequence[str] | None = None,
+    k: int = 9,
+    units: int | str | Sequence[int] = 16,
+    resume: bool = False,
+    batch_size: int = 32,
+    workers: int = 2,
+    seed: int = 0,
+    transform: Transform | None = None,
+    weights_label: str = "",
+    weights_digest: str = "",
+    save_every: int = 20,
+    rule: str = "deconvnet",
+    tile: int = 48,
+    gallery: bool = True,
+    progress: bool = True,
+    device: str = "cpu",
+    stop: int | None = None,
+    interrupt_after: int | None = None,
+) -> Top9Result:
+    """Mine, project, draw and write everything for one model and one image folder.
+
+    Parameters
+    ----------
+    model : Network
+    images : folder path or ImageFolder
+    out : path
+        Output folder.
+    layers : list of str, optional
+        Layers to mine; default every conv layer (:meth:`Network.conv_layer_names`).
+    k : int
+        Top k per channel.
+    units : int, "all" or list of int
+        Units drawn per layer (:func:`~zfnet.figures.select_units`).  All channels
+        are mined and written to ``top9.json`` regardless.
+    resume : bool
+        Continue from ``out/topk_state.npz`` if it exists (it must come from the
+        same model, weights, folder and preprocessing).
+    batch_size, workers : int
+        Mining batch size; threads decoding images.
+    seed : int
+        For the choice of units.
+    transform : Transform, optional
+        Default :func:`transform_for` ``(model)``.
+    weights_label, weights_digest : str
+        Shown in summaries; the digest is part of the state's fingerprint.
+    save_every : int
+        Checkpoint the miner every this many batches.
+    rule : {"deconvnet", "backprop", "guided"}
+    tile : int
+        Patch size in the figures, pixels.
+    gallery : bool
+        Write ``out/gallery``.
+    progress : bool
+        tqdm progress bars.
+    device : {"cpu", "gpu"}
+    stop : int, optional
+        Mine only files ``[0, stop)`` (tests, quick looks).
+    interrupt_after : int, optional
+        Testing hook: raise KeyboardInterrupt after this many batches.
+
+    Returns
+    -------
+    Top9Result
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = images if isinstance(images, ImageFolder) else ImageFolder(images)
+    transform = transform or transform_for(model)
+    layers = list(layers) if layers else model.conv_layer_names()
+    if not layers:
+        raise ConfigError(f"{model.arch}: no layers to mine (give --layers)")
+    size = transform.config.input_size
+    shapes = activation_shapes(model, layers, size)
+    n_files = len(folder) if stop is None else min(stop, len(folder))
+    fingerprint = {
+        "arch": model.arch,
+        "weights": weights_digest or weights_label,
+        "paths_sha256": paths_digest(folder.paths),
+        "n_files": len(folder),
+        "transform": transform.config.to_dict(),
+    }
+    state_path = out / "topk_state.npz"
+    start = 0
+    if resume and state_path.exists():
+        state = TopK.load(state_path)
+        fresh = TopK(shapes, k, fingerprint)
+        state._check_compatible(fresh, "resume")
+        start = state.next_index(0)
+    else:
+        state = TopK(shapes, k, fingerprint)
+    top = max(layers, key=model.layer_names().index)
+    forward = lambda x: model.forward(x, upto=top, keep=layers, caches=False).activations  # noqa: E731
+    to_dev = (lambda a: _to_device(a, device)) if device != "cpu" else None
+    batches = ImageBatches(folder, transform, batch_size=batch_size, workers=workers, start=min(start, n_files),
+                           stop=n_files)
+    if interrupt_after is not None:
+        inner, calls = forward, [0]
+
+        def forward(x):  # noqa: F811 -- the testing hook wraps the real forward
+            calls[0] += 1
+            if calls[0] > interrupt_after:
+                raise KeyboardInterrupt
+            return inner(x)
+
+    t0 = time.perf_counter()
+    n_before = state.n_images
+    with _progress_bar(n_files, batches.start, "mining", progress) as bar:
+        mine(forward, batches, state, state_path=state_path, save_every=save_every, progress=bar.update,
+             to_device=to_dev)
+    seconds_mining = time.perf_counter() - t0
+    rate = (state.n_images - n_before) / seconds_mining if seconds_mining > 0 else 0.0
+
+    # top9.json: every result, with its receptive-field box.
+    rfs = receptive_fields(model)
+    records = state.records(folder.paths)
+    for r in records:
+        if r["layer"] in rfs:
+            r["box"] = list(unit_box(rfs, r["layer"], r["y"], r["x"], clip=False))
+    doc = {
+        "arch": model.arch,
+        "weights": weights_label,
+        "images": str(folder.root),
+        "n_files": len(folder),
+        "n_images": state.n_images,
+        "k": k,
+        "rule": rule,
+        "layers": {n: list(s) for n, s in shapes.items()},
+        "transform": transform.config.to_dict(),
+        "skipped": state.skipped,
+        "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
+        "results": records,
+    }
+    (out / "top9.json").write_text(json.dumps(doc, indent=0), encoding="utf-8")
+
+    # Projections and patches of the chosen units, figures, gallery.
+    figures: dict[str, Path] = {}
+    chosen: dict[str, list[int]] = {}
+    for name, t in state.layers.items():
+        chosen[name] = select_units(name, t.values[:, 0], units, seed)
+    wanted = [r for r in records if r["channel"] in set(chosen[r["layer"]])]
+    with _progress_bar(len(wanted), 0, "projecting", progress) as bar:
+        views = unit_views(model, folder, transform, wanted, rule=rule, progress=bar.update, to_device=to_dev)
+    by_layer: dict[str, dict[int, list[UnitView]]] = {name: {c: [] for c in chosen[name]} for name in layers}
+    for v in views:
+        by_layer[v.layer][v.channel].append(v)
+    first = first_layer_weight(model)
+    filt_tiles = None
+    if first is not None:
+        fname, w = first
+        order = transform.config.channel_order
+        figures[f"filters_{fname}"] = save_png(filter_grid(w, "per-filter", order), out / f"filters_{fname}.png")
+        figures[f"filters_{fname}_shared"] = save_png(filter_grid(w, "shared", order),
+                                                      out / f"filters_{fname}_shared.png")
+        filt_tiles = dict(enumerate(filter_tiles(w, "per-filter", order)))
+    thumbs: dict[str, dict[int, np.ndarray]] = {}
+    for name in layers:
+        fl = filt_tiles if (first is not None and name == first[0]) else None
+        fig = layer_figure(name, by_layer[name], k=k, tile=tile, filters=fl)
+        figures[name] = save_png(fig, out / f"fig2_{_slug(name)}.png")
+        thumbs[name] = {c: unit_block(vs, k, 24, None if fl is None else fl.get(c)) for c, vs in by_layer[name].items()}
+    gallery_index = None
+    if gallery:
+        pictures = {v.image: transform.geometry(folder[v.image]) for v in views}
+        extra = [(f"{first[0]} filters, per-filter scaling", figures[f"filters_{first[0]}"]),
+                 (f"{first[0]} filters, shared scaling", figures[f"filters_{first[0]}_shared"])] if first else []
+        notes = (f"{model.arch} with {weights_label or 'the given weights'}; top {k} of every channel over "
+                 f"{state.n_images:,} images of {folder.root}; {len(state.skipped)} files skipped. "
+                 f"Projections use the {rule} rule.")
+        gallery_index = write_gallery(out / "gallery", by_layer, pictures=pictures, layer_figures=figures,
+                                      extra_figures=extra, title=f"{model.arch}: top-{k} units", notes=notes,
+                                      unit_thumbs=thumbs)
+    return Top9Result(
+        out=out, state=state, n_files=n_files, n_read=state.n_images, skipped=state.skipped, notes=state.notes,
+        seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
+        peak_rss_mib=peak_rss_mib(), resumed_from=start, figures=figures, gallery=gallery_index,
+        weights_label=weights_label,
+    )
