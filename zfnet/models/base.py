@@ -93,6 +93,29 @@ class Network:
     def __repr__(self) -> str:
         return f"<Network {self.arch}: {len(self.layers)} layers, {self.num_parameters():,} parameters>"
 
+    def preprocess(self, image) -> np.ndarray:
+        """One picture -> the ``(3, H, W)`` float32 input these weights expect.
+
+        Applies the preprocessing recorded in :attr:`config` (``input_size``,
+        ``resize``, ``channel_order``, ``mean``, ``std``, ``scale``; see
+        :class:`zfnet.data.TransformConfig`), so a converted Caffe model gets BGR
+        and mean subtraction on 0..255 and a torchvision one RGB with ImageNet
+        mean/std, without the caller knowing which.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image, path, or uint8 array
+            Any Pillow mode (L, RGBA, CMYK, P, I;16, ...) is converted to RGB first
+            (see :mod:`zfnet.data.images`).
+
+        Returns
+        -------
+        ndarray, float32, (3, H, W)
+        """
+        from ..data import Transform
+
+        return Transform(self.config)(image)
+
     # -- parameters -----------------------------------------------------------
     def named_parameters(self) -> Iterable[tuple[str, Layer, str]]:
         """Yield ``(key, layer, attribute)`` for each parameter, e.g. ``("conv1.weight", conv1, "weight")``."""
