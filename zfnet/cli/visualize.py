@@ -99,8 +99,9 @@ def demo_photos() -> list[tuple[str, "Image.Image"]]:  # noqa: F821
 
     Always: matplotlib's ``sample_data/grace_hopper.jpg`` (matplotlib is a runtime
     dependency).  When scikit-image is installed, also the photographs bundled in
-    its wheel (``skimage.data``: astronaut, coffee, chelsea, rocket, ...) -- only
-    ones read from the package folder, never ones it would download.
+    its wheel (``skimage/data``: astronaut, chelsea the cat, coffee, rocket, two
+    motorcycles, camera man, brick, grass, gravel) -- read straight from the package
+    folder, never through ``skimage.data``'s downloader.
     """
     from PIL import Image
 
@@ -116,8 +117,9 @@ def demo_photos() -> list[tuple[str, "Image.Image"]]:  # noqa: F821
         import skimage
 
         data_dir = Path(skimage.__file__).parent / "data"
-        for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
-                     "hubble_deep_field.jpg", "immunohistochemistry.png", "camera.png"):
+        # Bundled in the scikit-image wheel (checked for 0.26); pooch-fetched ones are never asked for.
+        for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                     "motorcycle_right.png", "camera.png", "brick.png", "grass.png", "gravel.png"):
             p = data_dir / name
             if p.is_file():
                 photos.append((p.stem, open_image(p)))

@@ -1,0 +1,272 @@
+"""Patches, projections, figures, the top-9 pipeline, the HTML gallery and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zfnet.data import ImageFolder, Transform, TransformConfig
+from zfnet.deconvnet import project_units, receptive_fields, unit_box
+from zfnet.deconvnet.patches import checkerboard, crop_with_border, display_projection, unit_views
+from zfnet.deconvnet.topk import TopK
+from zfnet.errors import ConfigError, ShapeError
+from zfnet.figures import (
+    fc_row_tiles,
+    feature_map_figure,
+    feature_map_tiles,
+    filter_tiles,
+    layer_figure,
+    select_units,
+)
+from zfnet.figures.top9 import run_top9, transform_for
+from zfnet.models import Network
+from zfnet.nn import Conv2d, MaxPool2d
+
+
+def tiny_net() -> Network:
+    rng = np.random.default_rng(5)
+    layers = [Conv2d("c1", 3, 4, 3, padding=1, rng=rng), MaxPool2d("p1", 2, 2), Conv2d("c2", 4, 6, 3, padding=1, rng=rng)]
+    return Network(layers, {"arch": "tiny", "input_size": [16, 16], "resize": 16})
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fig_images")
+    rng = np.random.default_rng(2)
+    for i in range(14):
+        sub = root / f"class{i % 2}"
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(sub / f"img {i:02d}&.png")
+    (root / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+# -- patches and display scaling ------------------------------------------------
+
+def test_crop_with_border_keeps_box_size_and_position() -> None:
+    img = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3)
+    crop, inside = crop_with_border(img, (-2, 4, 3, 9))  # rows -2..3, cols 4..9
+    assert crop.shape == (5, 5, 3) and inside.shape == (5, 5)
+    assert inside.sum() == 3 * 2  # rows 0..2, cols 4..5 lie on the image
+    np.testing.assert_array_equal(crop[2:5, 0:2], img[0:3, 4:6])
+    assert not inside[:2].any() and not inside[:, 2:].any()
+    board = checkerboard(8, 8, cell=4)
+    assert (board[0, 0] != board[0, 4]).all() and (board[0, 0] == board[4, 4]).all()
+
+
+def test_display_projection_symmetric_and_minmax() -> None:
+    t = Transform(TransformConfig(input_size=2, resize=2, channel_order="BGR", mean=0, std=(1, 2, 4), scale=1))
+    p = np.zeros((3, 2, 2), np.float32)
+    p[0, 0, 0] = 2.0  # B channel, pixel units 2 * std 1 = 2
+    p[2, 1, 1] = -1.0  # R channel, pixel units -1 * 4 = -4 -> the largest magnitude
+    pic = display_projection(p, t)
+    assert pic[0, 1].tolist() == [128, 128, 128]  # zero -> mid grey
+    assert pic[1, 1, 0] == 0  # R = -4 = -max -> black
+    assert pic[0, 0, 2] == round(255 * (0.5 + 0.5 * 2 / 4))  # B = 2 -> three quarters
+    mm = display_projection(p, t, scaling="minmax")
+    assert mm.min() == 0 and mm.max() == 255
+    inside = np.array([[True, True], [True, False]])
+    assert display_projection(p, t, inside)[1, 1].tolist() == list(checkerboard(2, 2)[1, 1])
+    with pytest.raises(ConfigError):
+        display_projection(p, t, scaling="log")
+
+
+def test_unit_views_crop_the_projection_to_its_whole_support(tiny_images: Path) -> None:
+    net, folder = tiny_net(), ImageFolder(tiny_images)
+    t = transform_for(net)
+    good = [i for i, p in enumerate(folder.paths) if "broken" not in p]
+    recs = [dict(layer="c2", channel=c, rank=0, image=good[c], y=y, x=x, value=1.0)
+            for c, (y, x) in enumerate([(0, 0), (3, 4), (7, 7)])]
+    views = unit_views(net, folder, t, recs)
+    rfs = receptive_fields(net)
+    for r, v in zip(recs, views):
+        assert v.box == unit_box(rfs, "c2", r["y"], r["x"], clip=False)
+        # The projection lives inside the receptive field: nothing outside the box.
+        x = t(folder[r["image"]])[None]
+        full = project_units(net, x, "c2", np.array([[0, r["channel"], r["y"], r["x"]]]))[0]
+        y0, x0, y1, x1 = v.box
+        assert np.abs(full).sum() == pytest.approx(np.abs(v.raw).sum(), rel=1e-6)
+        # The patch is the preprocessed image under the box; checkerboard outside.
+        picture = t.geometry(folder[r["image"]])
+        sy0, sx0 = max(y0, 0), max(x0, 0)
+        np.testing.assert_array_equal(v.patch[v.inside].reshape(-1, 3),
+                                      picture[sy0: y1, sx0: x1].reshape(-1, 3))
+        assert v.patch.shape[:2] == (rfs["c2"].size, rfs["c2"].size)
+    assert not views[0].inside.all() and views[1].inside.all()  # corner unit reaches into the padding
+
+
+# -- filters, feature maps, unit choice -----------------------------------------
+
+def test_filter_scalings_by_hand() -> None:
+    w = np.zeros((2, 3, 1, 2), np.float32)
+    w[0, :, 0, 1] = 1.0  # filter 0 in [0, 1]
+    w[1, :, 0, 1] = 4.0  # filter 1 in [0, 4]
+    w[1, 0, 0, 0] = 2.0
+    per = filter_tiles(w, "per-filter")
+    assert per[0][0, 1].tolist() == [255, 255, 255] and per[1][0, 1].tolist() == [255, 255, 255]
+    assert per[1][0, 0].tolist() == [128, 0, 0]  # R = 2 of 0..4
+    shared = filter_tiles(w, "shared")
+    assert shared[0][0, 1].tolist() == [64, 64, 64]  # 1 of 0..4
+    bgr = filter_tiles(w, "per-filter", channel_order="BGR")
+    assert bgr[1][0, 0].tolist() == [0, 0, 128]  # input channel 0 is blue
+    rows = fc_row_tiles(np.arange(2 * 12, dtype=np.float32).reshape(2, 12), (3, 2, 2))
+    assert rows[0].shape == (2, 2, 3) and rows[0][0, 0].tolist() == [0, 93, 185]  # (0, 4, 8) of 0..11
+    with pytest.raises(ShapeError):
+        fc_row_tiles(np.zeros((2, 10)), (3, 2, 2))
+
+
+def test_feature_map_tiles_and_figure() -> None:
+    a = np.zeros((3, 2, 2), np.float32)
+    a[0, 0, 0], a[1, 1, 1], a[2] = 4.0, 2.0, -1.0
+    shared = feature_map_tiles(a, "shared")
+    assert shared[0][0, 0, 0] == 255 and shared[1][1, 1, 0] == 128 and shared[2].max() == 0
+    per = feature_map_tiles(a, "per-channel")
+    assert per[1][1, 1, 0] == 255
+    fig = feature_map_figure(a, np.zeros((16, 16, 3), np.uint8), "conv5")
+    assert fig.ndim == 3 and fig.dtype == np.uint8
+
+
+def test_select_units_is_reproducible_and_prefers_live_channels() -> None:
+    top = np.array([0, 1.0, 0, 3.0, 2.0, 0, 5.0, 0])
+    a = select_units("conv3", top, 3, seed=1)
+    assert a == select_units("conv3", top, 3, seed=1) and len(a) == 3 and all(top[c] > 0 for c in a)
+    assert len(select_units("conv3", top, 6)) == 6  # 4 live + 2 dead
+    assert select_units("conv3", top, "all") == list(range(8))
+    assert select_units("conv3", top, [6, 1, 6]) == [1, 6]
+    with pytest.raises(ConfigError):
+        select_units("conv3", top, [9])
+
+
+# -- the pipeline, the gallery, the browser ----------------------------------------
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href") and v is not None:
+                self.links.append(v)
+
+
+def check_gallery_links(root: Path) -> int:
+    """Every src/href of every page is a relative link to an existing file; returns the count."""
+    n = 0
+    for page in root.rglob("*.html"):
+        parser = _Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        for link in parser.links:
+            u = urlparse(link)
+            assert not u.scheme and not u.netloc and not link.startswith("/"), f"{page}: non-relative link {link}"
+            assert (page.parent / unquote(u.path)).resolve().is_file(), f"{page}: missing {link}"
+            n += 1
+        text = page.read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text, f"{page} refers to the network"
+    return n
+
+
+@pytest.fixture(scope="module")
+def top9_run(tiny_images: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("top9")
+    res = run_top9(tiny_net(), tiny_images, out, layers=["c1", "c2"], k=4, units=3, batch_size=4, workers=0,
+                   progress=False, weights_label="tiny test weights", tile=24)
+    return res
+
+
+def test_top9_outputs(top9_run) -> None:
+    out = top9_run.out
+    doc = json.loads((out / "top9.json").read_text())
+    assert doc["n_images"] == 14
+    assert [(s["path"], s["kind"]) for s in doc["skipped"]] == [("class0/broken.jpg", "corrupt")]
+    res = doc["results"]
+    assert len(res) == (4 + 6) * 4  # every channel of both layers, k = 4 each
+    first = res[0]
+    assert set(first) >= {"layer", "channel", "rank", "path", "y", "x", "value", "box"}
+    state = top9_run.state
+    assert first["value"] == pytest.approx(float(state.layers["c1"].values[0, 0]))
+    for name in ("fig2_c1.png", "fig2_c2.png", "filters_c1.png", "filters_c1_shared.png"):
+        assert Image.open(out / name).size[0] > 50
+    assert "read 14 images" in top9_run.summary() and "broken.jpg" in top9_run.summary()
+
+
+def test_gallery_links_resolve(top9_run) -> None:
+    root = top9_run.gallery.parent
+    assert check_gallery_links(root) > 20
+    units = sorted(p.name for p in (root / "c2").glob("unit_*.html"))
+    assert len(units) == 3
+    page = (root / "c2" / units[0]).read_text()
+    assert "img 0" in page and "&amp;.png" in page  # image names are shown, escaped
+
+
+def test_resume_through_the_pipeline(tiny_images: Path, tmp_path: Path, top9_run) -> None:
+    kw = dict(layers=["c1", "c2"], k=4, units=3, batch_size=4, workers=0, progress=False, gallery=False, tile=24)
+    with pytest.raises(KeyboardInterrupt):
+        run_top9(tiny_net(), tiny_images, tmp_path, interrupt_after=2, **kw)
+    resumed = run_top9(tiny_net(), tiny_images, tmp_path, resume=True, **kw)
+    assert resumed.resumed_from == 8
+    a = json.loads((tmp_path / "top9.json").read_text())["results"]
+    b = json.loads((top9_run.out / "top9.json").read_text())["results"]
+    assert a == b
+    other = tiny_net()
+    other.layers[0].weight = other.layers[0].weight * 2
+    with pytest.raises(ConfigError, match="different inputs"):
+        run_top9(other, tiny_images, tmp_path, resume=True, weights_digest="other", **kw)
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_gallery_renders_in_headless_chromium(top9_run, tmp_path: Path) -> None:
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    root = top9_run.gallery.parent
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=4000"]
+    unit = sorted((root / "c2").glob("unit_*.html"))[0]
+    for page in (root / "index.html", root / "c2" / "index.html", unit):
+        dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
+        m = re.search(r'data-missing="(\w+)" data-images="(\d+)"', dom)
+        assert m, f"the page's load check did not run in chromium: {page}"
+        assert m.group(1) == "0" and int(m.group(2)) > 0, f"{page}: {m.group(1)} of {m.group(2)} images missing"
+    shot = tmp_path / "unit.png"
+    subprocess.run(flags + ["--window-size=1000,800", f"--screenshot={shot}", unit.as_uri()],
+                   capture_output=True, timeout=90)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # something was drawn, not a blank page
+
+
+# -- the CLI (model loading swapped for the tiny network) -------------------------
+
+def test_cli_top9_filters_featuremaps_demo(tiny_images: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from zfnet.cli import main
+    from zfnet.cli import visualize
+
+    monkeypatch.setattr(visualize, "load_model", lambda w, a=None: (tiny_net(), "tiny weights", "tiny"))
+    assert main(["top9", "--weights", "w.npz", "--images", str(tiny_images), "--out", str(tmp_path / "t9"),
+                 "--layers", "c1", "c2", "--k", "3", "--units", "2", "--batch-size", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "read 14 images" in text and "top9.json" in text and "gallery" in text
+    assert main(["top9", "--weights", "w.npz", "--images", str(tiny_images), "--out", str(tmp_path / "t9"),
+                 "--layers", "c1", "--resume"]) == 2  # different layers: refused, not silently mixed
+    assert main(["filters", "--out", str(tmp_path / "filters")]) == 0
+    assert len(list((tmp_path / "filters").glob("*.png"))) == 2
+    img = next(tiny_images.rglob("*.png"))
+    assert main(["featuremaps", "--image", str(img), "--layer", "c2", "--out", str(tmp_path / "fm.png")]) == 0
+    assert (tmp_path / "fm.png").is_file()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--views", "10", "--units", "2", "--layers", "c1"]) == 0
+    text = capsys.readouterr().out
+    assert "grace_hopper" in text and (tmp_path / "demo" / "gallery" / "index.html").is_file()
+    assert len(list((tmp_path / "demo" / "images").rglob("*.jpg"))) == 10
