@@ -54,6 +54,13 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     Paired with
     -----------
     :func:`max_unpool2d`.
+
+    Notes
+    -----
+    The readable algorithm is :func:`_max_pool2d_windows` (one pass per window
+    offset).  On NumPy, floating inputs take :func:`_max_pool2d_polyphase`, which
+    returns the identical maxima and switches several times faster (separable
+    passes over contiguous polyphase buffers); see the comment above it.
     """
     xp = get_array_module(x)
     if x.ndim != 4:
@@ -64,7 +71,24 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     n, c, h, w = x.shape
     ho = pool_out_size(h, kh, sh, ph, ceil_mode)
     wo = pool_out_size(w, kw, sw, pw, ceil_mode)
+    if xp is np and x.dtype.kind == "f" and kw < 256:
+        y, switches = _max_pool2d_polyphase(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
+        if y is not None:
+            return y, switches
+        # a window held NaN: fall through to the readable loop, whose NaN rule is PyTorch's
+    return _max_pool2d_windows(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
 
+
+def _max_pool2d_windows(x, kernel_size, stride, padding, out_size):
+    """The readable max-pool: visit the ``kH * kW`` window offsets in row-major order.
+
+    This is the reference for every faster path (see :func:`_max_pool2d_polyphase`).
+    Each offset ``(u, v)`` is one strided view of the padded input, holding that
+    offset of every window at once; a strict ``>`` keeps the first maximum.
+    """
+    xp = get_array_module(x)
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel_size, stride, padding, out_size
+    h, w = x.shape[2:]
     # Pad with -inf: on the left by p, on the right by whatever the last window needs.
     bottom = (ho - 1) * sh + kh - h - ph
     right = (wo - 1) * sw + kw - w - pw
@@ -90,6 +114,144 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     cols = xp.arange(wo, dtype=xp.int64).reshape(1, wo) * sw - pw + best_off % kw
     switches = rows * w + cols
     return best, switches
+
+
+# -- the fast NumPy path -------------------------------------------------------------
+#
+# The readable loop above makes kH*kW passes, each over strided views (stride sH, sW)
+# and each rewriting an int64 index array with `where`.  On a CPU that is slow for
+# two reasons: strided views run NumPy's inner loop one short row at a time, and
+# `where` on a random mask is branchy.  The fast path changes the arithmetic order,
+# not the result:
+#
+# 1. Separable: the first maximum of a window in row-major order is found by taking,
+#    in each window row, the first maximum along W (pass 1), then the first row whose
+#    maximum beats the earlier rows (pass 2).  kH + kW comparisons per output, not kH*kW.
+# 2. Polyphase: split the padded input into sH*sW "phases", phase (a, b)[r, q] =
+#    x_pad[r*sH + a, q*sW + b].  Window offset v = (v // sW)*sW + v % sW then reads
+#    phase (., v % sW) shifted by v // sW columns, and in a phase stored with rows of
+#    Wq = W_out + (kW-1)//sW values a column shift is a shift of the FLAT array.  Every
+#    comparison becomes one contiguous 1-D operation over a whole chunk of planes;
+#    the last (kW-1)//sW columns of each phase row are padding whose results we drop.
+# 3. Branch-free index tracking: offsets are visited in increasing order, so "take
+#    offset v where the candidate wins" equals max(offset, wins * v).
+#
+# Work goes in chunks of planes (about _CHUNK_BYTES of input) to stay in cache.
+
+_CHUNK_BYTES = 1 << 21
+
+
+def _phase_range(n_phase: int, a: int, s: int, p: int, n: int) -> tuple[int, int]:
+    """Phase indices ``r`` in ``[0, n_phase)`` whose input index ``r*s + a - p`` is in ``[0, n)``."""
+    r0 = max(0, -(-(p - a) // s))  # ceil((p - a) / s)
+    r1 = max(r0, min(n_phase, (n - 1 + p - a) // s + 1))
+    return r0, r1
+
+
+def _phase(x, a: int, b: int, stride, padding, phase_size):
+    """Phase ``(a, b)`` of the ``-inf``-padded planes: ``out[:, r, q] = x_pad[:, r*sH + a, q*sW + b]``.
+
+    ``x`` has shape (P, H, W); the result (P, Hq, Wq) is contiguous, so the caller
+    can shift it as a flat array.
+    """
+    (sh, sw), (ph, pw), (hq, wq) = stride, padding, phase_size
+    p, h, w = x.shape
+    out = np.empty((p, hq, wq), x.dtype)  # (P, Hq, Wq)
+    r0, r1 = _phase_range(hq, a, sh, ph, h)
+    q0, q1 = _phase_range(wq, b, sw, pw, w)
+    out[:, :r0] = -np.inf  # rows and columns that fall in the padding
+    out[:, r1:] = -np.inf
+    out[:, r0:r1, :q0] = -np.inf
+    out[:, r0:r1, q1:] = -np.inf
+    if r1 > r0 and q1 > q0:
+        i0, j0 = r0 * sh + a - ph, q0 * sw + b - pw
+        out[:, r0:r1, q0:q1] = x[:, i0 : i0 + (r1 - r0 - 1) * sh + 1 : sh, j0 : j0 + (q1 - q0 - 1) * sw + 1 : sw]
+    return out
+
+
+def _max_pool2d_chunk(x, kernel_size, stride, padding, out_size):
+    """Separable polyphase max-pool of planes ``x`` (P, H, W).
+
+    Returns the maxima (P, H_out, W_out) and, for each, the winner's offset
+    ``u * W + v`` inside its window as int32 (both strided views of padded buffers).
+    """
+    (kh, kw), (sh, sw), (ho, wo) = kernel_size, stride, out_size
+    p, h, w = x.shape
+    qh, qw = (kh - 1) // sh, (kw - 1) // sw  # how many phase rows / columns a window spans beyond its first
+    hq, wq = ho + qh, wo + qw
+    m = p * hq * wq  # length of one flat phase
+    phases: dict = {}
+
+    def phase(a, b):  # flat (P*Hq*Wq,), built on first use
+        if (a, b) not in phases:
+            phases[a, b] = _phase(x, a, b, stride, padding, (hq, wq)).reshape(-1)
+        return phases[a, b]
+
+    wins = np.empty(m, bool)
+    tmp8 = np.empty(m, np.uint8)
+    # Pass 1, along W, for each row phase a:  rmax[a][f] = max_v phase(a, v % sW)[f + v // sW]
+    # and rarg[a][f] = the first v attaining it.  Positions past n1 only hold padding.
+    rmax, rarg = {}, {}
+    n1 = m - qw
+    for a in sorted({u % sh for u in range(kh)}):
+        best = np.empty(m, x.dtype)
+        best[n1:] = -np.inf
+        arg = np.zeros(m, np.uint8)
+        bv, av, wv, tv = best[:n1], arg[:n1], wins[:n1], tmp8[:n1]
+        np.copyto(bv, phase(a, 0)[:n1])  # offset v = 0
+        for v in range(1, kw):
+            d = v // sw
+            cand = phase(a, v % sw)[d : d + n1]
+            np.greater(cand, bv, out=wv)  # strict: an equal later value does not win
+            np.multiply(wv, np.uint8(v), out=tv)
+            np.maximum(av, tv, out=av)  # v grows, so "v where it wins" is a maximum
+            np.maximum(bv, cand, out=bv)
+        rmax[a], rarg[a] = best, arg
+
+    # Pass 2, along H:  y[f] = max_u rmax[u % sH][f + (u // sH) * Wq], and the winner's
+    # offset u * W + v (v from pass 1).  It grows with u because v < W, so again a maximum.
+    n2 = m - qh * wq
+    y = np.empty(m, x.dtype)
+    off = np.empty(m, np.int32)
+    tmp32 = np.empty(m, np.int32)
+    yv, ov, wv, tv = y[:n2], off[:n2], wins[:n2], tmp32[:n2]
+    np.copyto(yv, rmax[0][:n2])  # row u = 0
+    np.copyto(ov, rarg[0][:n2])
+    for u in range(1, kh):
+        d = (u // sh) * wq
+        cand = rmax[u % sh][d : d + n2]
+        np.greater(cand, yv, out=wv)
+        np.add(rarg[u % sh][d : d + n2], np.int32(u * w), out=tv)
+        np.multiply(tv, wv, out=tv)
+        np.maximum(ov, tv, out=ov)
+        np.maximum(yv, cand, out=yv)
+    y = y.reshape(p, hq, wq)[:, :ho, :wo]  # (P, H_out, W_out) view; the rest is padding
+    off = off.reshape(p, hq, wq)[:, :ho, :wo]
+    return y, off
+
+
+def _max_pool2d_polyphase(x, kernel_size, stride, padding, out_size):
+    """Fast NumPy max-pool; the same ``(y, switches)`` as :func:`_max_pool2d_windows`.
+
+    Returns ``(None, None)`` when a window holds NaN: the caller then uses the
+    readable loop, which implements PyTorch's "NaN wins" rule (a NaN anywhere in a
+    window makes its maximum NaN, so checking the output is enough).
+    """
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel_size, stride, padding, out_size
+    n, c, h, w = x.shape
+    planes = x.reshape(n * c, h, w)  # (N*C, H, W)
+    y = np.empty((n * c, ho, wo), x.dtype)
+    switches = np.empty((n * c, ho, wo), np.int64)
+    # flat index of each window's top-left corner in the unpadded plane (it may be negative)
+    corner = (np.arange(ho)[:, None] * sh - ph) * w + np.arange(wo) * sw - pw  # (H_out, W_out)
+    step = max(1, _CHUNK_BYTES // (h * w * x.itemsize))
+    for p0 in range(0, n * c, step):
+        yc, offc = _max_pool2d_chunk(planes[p0 : p0 + step], (kh, kw), (sh, sw), (ph, pw), (ho, wo))
+        y[p0 : p0 + step] = yc
+        np.add(offc, corner, out=switches[p0 : p0 + step])  # switch = corner + u * W + v
+    if np.isnan(y).any():
+        return None, None
+    return y.reshape(n, c, ho, wo), switches.reshape(n, c, ho, wo)
 
 
 def max_unpool2d(y, switches, output_size):
