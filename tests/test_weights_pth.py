@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zfnet.errors import WeightsError, ZfnetError
-from zfnet.weights import read_pth
+from zfnet.weights import load, read_pth
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -131,6 +131,21 @@ def test_alexnet_state_dict_round_trip(tmp_path, zip_format):
     for key, tensor in want.items():
         assert got[key].dtype == np.float32 and got[key].flags.c_contiguous
         np.testing.assert_array_equal(got[key], tensor.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torchvision_alexnet_forward_equals_torch(tmp_path, zip_format):
+    """torch.save -> read_pth -> key map -> our forward == torch's forward."""
+    net = _torch_alexnet()
+    path = _save(net.state_dict(), tmp_path / "alexnet.pth", zip_format)
+    model = load(path)  # architecture, class count and fc width from keys and shapes
+    assert (model.arch, model.config["variant"], model.num_classes) == ("alexnet", "torchvision", 10)
+    assert model.config["channel_order"] == "RGB" and model.config["mean"] == [0.485, 0.456, 0.406]
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = model(x).output
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])

@@ -1,0 +1,508 @@
+"""Our weight format, and loading foreign checkpoints onto our models.
+
+Native format
+-------------
+A ``.npz`` archive (a zip of ``.npy`` files) that ``numpy.load(path,
+allow_pickle=False)`` opens as it is:
+
+* one float array per parameter, named exactly like ``model.state_dict()``
+  (``conv1.weight``, ``conv1.bias``, ..., ``fc8.bias``), stored as float32 or, with
+  ``save(..., dtype="float16")``, float16 (half the size; always loaded back as
+  float32);
+* ``__meta__.json``: a uint8 array holding UTF-8 JSON, the model's config: ``arch``,
+  ``variant``, ``num_classes``, ``fc_width``, ``input_size`` (= ``crop``), ``resize``,
+  ``channel_order`` (``"RGB"``/``"BGR"``), ``mean``, ``std``, ``scale`` (pixel scale),
+  ``class_names`` when known, plus ``format``/``format_version``/``dtype``.  A uint8
+  array rather than a pickled string keeps the file free of pickles.
+
+The preprocessing keys are the ones :class:`zfnet.data.TransformConfig` reads, so
+``model.preprocess(image)`` does what the weights expect.
+
+Foreign layouts (:func:`load` with ``arch=None`` picks by keys and shapes)
+-------------------------------------------------------------------------
+=========================  =====================================  ====================
+source                     keys                                   model
+=========================  =====================================  ====================
+torchvision AlexNet .pth   ``features.{0,3,6,8,10}``,             ``alexnet-torchvision``
+                           ``classifier.{1,4,6}``                 RGB, ImageNet mean/std
+BVLC AlexNet / CaffeNet    Caffe layers ``conv1``..``conv5``      ``alexnet`` (Caffe
+.caffemodel                (11x11 conv1, grouped conv2/4/5),      layout), BGR, mean
+                           ``fc6``..``fc8``                       104/117/123
+ZF layout .caffemodel      ``conv1`` 7x7, ungrouped conv2..5,     ``zfnet``, BGR, mean
+                           ``fc6``..``fc8``                       104/117/123
+SqueezeNet v1.0            ``fireN/conv1x1_1`` ... ``conv_final``  ``squeezenet1_0``,
+(.caffemodel or .npz of    (also ``fireN/squeeze1x1``,            BGR, mean 104/117/123
+``<layer>/W``, ``/b``)     ``expand1x1``, ``expand3x3``)
+our own keys (.pth/.npz)   ``conv1.weight`` ...                   by conv1's shape
+=========================  =====================================  ====================
+
+Every map is an explicit dictionary and every array's shape is checked against the
+freshly built model before anything is copied; a mismatch names the source key, our
+key, the expected and the found shape (the nanoGPT ``from_pretrained`` pattern).
+
+Caffe's fully connected blobs may be legacy 4-D ``(1, 1, out, in)``; they are
+squeezed to ``(out, in)``.  Caffe convolution weights are OIHW like ours, and Caffe
+flattens ``pool5`` in C order like our :class:`~zfnet.nn.Flatten`, so no weight is
+permuted.  BGR input is recorded in the metadata, not baked into conv1.
+
+Note: CaffeNet differs from AlexNet only in pooling before normalisation; the two
+have identical weight shapes, and both load onto ``alexnet`` (AlexNet's order).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, WeightsError
+from .caffe import read_caffemodel
+from .pth import read_pth
+
+__all__ = [
+    "save", "load", "convert", "read_npz", "detect_format",
+    "TORCHVISION_ALEXNET_KEYS", "CAFFE_LAYERS", "TORCHVISION_PREPROCESS", "CAFFE_PREPROCESS",
+]
+
+META_KEY = "__meta__.json"
+FORMAT = "zfnet-weights"
+FORMAT_VERSION = 1
+
+# torchvision AlexNet module -> our layer (weights and biases both follow).
+TORCHVISION_ALEXNET_KEYS = {
+    "features.0": "conv1", "features.3": "conv2", "features.6": "conv3",
+    "features.8": "conv4", "features.10": "conv5",
+    "classifier.1": "fc6", "classifier.4": "fc7", "classifier.6": "fc8",
+}
+# Caffe AlexNet/CaffeNet/ZF layer names are ours already.
+CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+TORCHVISION_PREPROCESS = {
+    "input_size": [224, 224], "crop": [224, 224], "resize": 256, "channel_order": "RGB",
+    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1.0 / 255.0,
+}
+# BVLC's ilsvrc_2012_mean averaged per channel, rounded as everyone uses it.
+CAFFE_PREPROCESS = {
+    "resize": 256, "channel_order": "BGR", "mean": [104.0, 117.0, 123.0],
+    "std": [1.0, 1.0, 1.0], "scale": 1.0,
+}
+
+_ARCH_ALIASES = {"alexnet-caffe": "alexnet", "caffenet": "alexnet", "zf": "zfnet",
+                 "squeezenet": "squeezenet1_0"}
+_ARCHS = ("zfnet", "alexnet", "alexnet-torchvision", "squeezenet1_0")
+# Max expansion of a deflate stream (RFC 1951): an archive member cannot honestly
+# decompress to more than this many times its compressed size.
+_DEFLATE_RATIO = 1032
+
+
+# ------------------------------------------------------------------------------ npz
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (tuple, set, np.ndarray)):
+        return list(obj.tolist() if isinstance(obj, np.ndarray) else obj)
+    raise TypeError(f"metadata value {obj!r} is not JSON-serialisable")
+
+
+def save(model, path: str | os.PathLike, dtype: str = "float32", compress: bool = False,
+         class_names: Sequence[str] | None = None) -> None:
+    """Write ``model``'s parameters and metadata as a native ``.npz``.
+
+    Parameters
+    ----------
+    model : Network
+    path : str or os.PathLike
+        Written exactly there (no ``.npz`` is appended), atomically: a partial file
+        never replaces an existing one.
+    dtype : {"float32", "float16"}
+        Storage precision.  float16 halves the file; values round to 11 significant
+        bits (relative error <= 2**-11) and load back as float32.
+    compress : bool
+        Deflate the members (smaller, slower to load).
+    class_names : sequence of str, optional
+        Stored as ``class_names`` in the metadata (else the config's, if any).
+    """
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"dtype={dtype!r}: expected 'float32' or 'float16'")
+    path = os.fspath(path)
+    meta = dict(model.config)
+    if class_names is not None:
+        if len(class_names) != model.num_classes:
+            raise ConfigError(f"{len(class_names)} class names for {model.num_classes} classes")
+        meta["class_names"] = [str(c) for c in class_names]
+    meta.update(format=FORMAT, format_version=FORMAT_VERSION, dtype=dtype)
+    arrays = {k: np.asarray(v).astype(dtype) for k, v in model.state_dict().items()}
+    if META_KEY in arrays:
+        raise ConfigError(f"a parameter is named {META_KEY!r}, which the format reserves")
+    blob = json.dumps(meta, default=_json_default, sort_keys=True).encode("utf-8")
+    arrays[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
+    writer = np.savez_compressed if compress else np.savez
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".zfnet-", suffix=".npz.part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:
+    """Read a ``.npz`` safely: ``(arrays, metadata or None)``.
+
+    Stricter than :func:`numpy.load`: members must be plain numeric ``.npy`` arrays
+    (no pickles, no object or structured dtypes), and each header's shape must
+    match the bytes actually present *before* the array is allocated (NumPy would
+    allocate the declared size first).  Deflated members may not claim more than
+    deflate can produce from their compressed size.
+
+    Raises
+    ------
+    WeightsError
+        Anything malformed, naming the file and member.
+    """
+    path = os.fspath(path)
+    try:
+        file_size = os.path.getsize(path)
+        zf = zipfile.ZipFile(path)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a readable .npz (zip) archive ({exc})") from exc
+    arrays: dict[str, np.ndarray] = {}
+    total = 0
+    with zf:
+        try:
+            infos = zf.infolist()
+        except Exception as exc:
+            raise WeightsError(f"{path}: corrupt zip directory ({exc})") from exc
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy"):
+                raise WeightsError(f"{path}: member '{name}' is not a .npy array")
+            key = name[:-4]
+            if info.compress_type == zipfile.ZIP_STORED:
+                limit = info.compress_size
+            elif info.compress_type == zipfile.ZIP_DEFLATED:
+                limit = info.compress_size * _DEFLATE_RATIO + 1024
+            else:
+                raise WeightsError(f"{path}: member '{name}' uses an unsupported compression")
+            total += info.compress_size
+            if info.file_size > limit or total > file_size:
+                raise WeightsError(f"{path}: member '{name}' claims {info.file_size} bytes, "
+                                   "more than the file can hold")
+            try:
+                raw = zf.read(info)
+            except Exception as exc:
+                raise WeightsError(f"{path}: cannot read member '{name}' ({exc})") from exc
+            arrays[key] = _parse_npy(raw, path, name)
+    meta = None
+    if META_KEY in arrays:
+        blob = arrays.pop(META_KEY)
+        if blob.dtype != np.uint8 or blob.ndim != 1:
+            raise WeightsError(f"{path}: {META_KEY} must be a 1-D uint8 array of UTF-8 JSON")
+        try:
+            meta = json.loads(blob.tobytes().decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            raise WeightsError(f"{path}: {META_KEY} is not valid UTF-8 JSON ({exc})") from exc
+        if not isinstance(meta, dict):
+            raise WeightsError(f"{path}: {META_KEY} must hold a JSON object")
+    return arrays, meta
+
+
+def _parse_npy(raw: bytes, path: str, name: str) -> np.ndarray:
+    """Parse one ``.npy`` member from its bytes, checking the header against them."""
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:
+        raise WeightsError(f"{path}: member '{name}' has a bad .npy header ({exc})") from exc
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "fiub":
+        raise WeightsError(f"{path}: member '{name}' has dtype {dtype}; only plain numeric arrays are allowed")
+    count = math.prod(shape)
+    body = len(raw) - f.tell()
+    if count * dtype.itemsize != body:
+        raise WeightsError(f"{path}: member '{name}' declares shape {shape} ({count * dtype.itemsize} "
+                           f"bytes of {dtype}) but holds {body} bytes")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell())
+    order = "F" if fortran else "C"
+    return arr.reshape(shape, order=order).astype(dtype.newbyteorder("="), order="C")
+
+
+# -------------------------------------------------------------------------- formats
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"npz"``, ``"pth"`` or ``"caffemodel"``, from the contents (the name only breaks ties)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    ext = os.path.splitext(path)[1].lower()
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except Exception as exc:
+            raise WeightsError(f"{path}: looks like a zip archive but cannot be read ({exc})") from exc
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "pth"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise WeightsError(f"{path}: a zip archive that is neither a .npz nor a PyTorch checkpoint")
+    if head[:1] == b"\x80" or ext in (".pth", ".pt", ".ckpt"):
+        return "pth"
+    if head[:6] == b"\x93NUMPY":
+        raise WeightsError(f"{path}: a single .npy array; weights are a .npz of named arrays")
+    if ext in (".caffemodel", ".binaryproto", "") or head[:1] in (b"\x0a", b"\x12", b"\xa2"):
+        return "caffemodel"  # NetParameter: name (field 1), layers (2) or layer (100)
+    raise WeightsError(f"{path}: unknown weights format (expected .npz, .pth or .caffemodel)")
+
+
+# ------------------------------------------------------------------------ key maps
+
+
+def _canonical_arch(arch: str | None) -> str | None:
+    if arch is None:
+        return None
+    arch = _ARCH_ALIASES.get(arch, arch)
+    if arch not in _ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}: expected one of {', '.join(_ARCHS)}")
+    return arch
+
+
+def _squeeze_legacy(arr: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop Caffe's legacy leading ones: (1, 1, out, in) -> (out, in), (1, 1, 1, n) -> (n,)."""
+    if arr.ndim > ndim and all(d == 1 for d in arr.shape[: arr.ndim - ndim]):
+        return arr.reshape(arr.shape[arr.ndim - ndim:])
+    return arr
+
+
+def _caffe_to_state(blobs: Mapping[str, list], arch: str | None, source: str
+                    ) -> tuple[str, dict, dict, dict]:
+    """Caffe blobs (layer -> [W, b]) -> (arch, state dict, origin of each key, metadata)."""
+    from ..models.squeezenet import caffe_key_map
+
+    names = list(blobs)
+    if arch is None:
+        if any(n.startswith("fire") and "/" in n for n in names):
+            arch = "squeezenet1_0"
+        elif all(n in blobs for n in CAFFE_LAYERS):
+            k = blobs["conv1"][0].shape[-1]
+            arch = {11: "alexnet", 7: "zfnet"}.get(k)
+            if arch is None:
+                raise WeightsError(f"{source}: conv1 is {k}x{k}; known Caffe layouts have 11x11 "
+                                   "(AlexNet/CaffeNet) or 7x7 (ZF). Pass arch= to choose")
+        else:
+            raise WeightsError(
+                f"{source}: unknown Caffe layout (layers with weights: {', '.join(names[:12])}); "
+                "expected conv1..conv5 + fc6..fc8 (AlexNet, CaffeNet, ZF) or SqueezeNet fire modules"
+            )
+    if arch == "squeezenet1_0":
+        mapping = caffe_key_map(names)
+    elif arch in ("alexnet", "zfnet"):
+        mapping = {n: n for n in CAFFE_LAYERS if n in blobs}
+    else:
+        raise WeightsError(f"{source}: a Caffe model cannot be loaded as {arch!r}")
+    unused = [n for n in names if n not in mapping]
+    if unused:
+        raise WeightsError(f"{source}: layers {unused[:8]} have weights but no place in {arch}")
+    state, origin = {}, {}
+    for layer, prefix in mapping.items():
+        blob_list = blobs[layer]
+        if len(blob_list) not in (1, 2):
+            raise WeightsError(f"{source}: layer '{layer}' has {len(blob_list)} blobs, expected weight and bias")
+        w = blob_list[0]
+        if prefix.startswith("fc"):
+            w = _squeeze_legacy(w, 2)
+        state[f"{prefix}.weight"], origin[f"{prefix}.weight"] = w, f"{layer} blob 0"
+        if len(blob_list) == 2:
+            state[f"{prefix}.bias"] = _squeeze_legacy(blob_list[1], 1)
+            origin[f"{prefix}.bias"] = f"{layer} blob 1"
+    return arch, state, origin, dict(CAFFE_PREPROCESS)
+
+
+def _state_to_state(sd: Mapping[str, np.ndarray], arch: str | None, source: str
+                    ) -> tuple[str, dict, dict, dict]:
+    """A flat state dict (torchvision names or ours) -> (arch, state, origin, metadata)."""
+    keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):  # saved from DataParallel
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+        keys = list(sd)
+    if keys and all(k.endswith(("/W", "/b")) for k in keys):  # <caffe layer>/W, /b
+        blobs: dict[str, list] = {}
+        for k in keys:
+            layer, kind = k.rsplit("/", 1)
+            blobs.setdefault(layer, [None, None])[0 if kind == "W" else 1] = sd[k]
+        for layer, pair in blobs.items():
+            if pair[0] is None:
+                raise WeightsError(f"{source}: '{layer}/b' has no '{layer}/W'")
+            blobs[layer] = [a for a in pair if a is not None]
+        return _caffe_to_state(blobs, arch, source)
+    if any(k.startswith(("features.", "classifier.")) for k in keys):
+        if arch not in (None, "alexnet-torchvision"):
+            raise WeightsError(f"{source}: torchvision AlexNet keys cannot be loaded as {arch!r}")
+        state, origin = {}, {}
+        for k, v in sd.items():
+            module, _, param = k.rpartition(".")
+            if module not in TORCHVISION_ALEXNET_KEYS or param not in ("weight", "bias"):
+                raise WeightsError(f"{source}: key '{k}' is not part of torchvision's AlexNet")
+            ours = f"{TORCHVISION_ALEXNET_KEYS[module]}.{param}"
+            state[ours], origin[ours] = v, k
+        return "alexnet-torchvision", state, origin, dict(TORCHVISION_PREPROCESS)
+    # Our own key names (a state dict saved by torch from a zfnet model, say).
+    if arch is None:
+        if any(k.startswith("fire") for k in keys):
+            arch = "squeezenet1_0"
+        elif "conv1.weight" in sd:
+            shape = tuple(np.shape(sd["conv1.weight"]))
+            arch = {(96, 3, 7, 7): "zfnet", (96, 3, 11, 11): "alexnet",
+                    (64, 3, 11, 11): "alexnet-torchvision"}.get(shape)
+            if arch is None:
+                raise WeightsError(f"{source}: conv1.weight has shape {shape}; no known architecture "
+                                   "has it. Pass arch= to choose")
+        else:
+            raise WeightsError(f"{source}: cannot tell the architecture from keys {keys[:6]}; pass arch=")
+    return arch, dict(sd), {k: k for k in sd}, {}
+
+
+def _build(arch: str, state: Mapping[str, np.ndarray], source: str):
+    """Build ``arch`` sized from the weights: classes from the last layer, fc width from fc6."""
+    from ..models import alexnet, zfnet
+    from ..models.squeezenet import squeezenet1_0
+
+    def out_dim(key):
+        if key not in state:
+            raise WeightsError(f"{source}: no '{key}', which {arch} needs")
+        return int(np.shape(state[key])[0])
+
+    if arch == "squeezenet1_0":
+        return squeezenet1_0(num_classes=out_dim("conv_final.weight"))
+    kwargs = {"num_classes": out_dim("fc8.weight"), "fc_width": out_dim("fc6.weight")}
+    if arch == "zfnet":
+        return zfnet(**kwargs)
+    return alexnet("torchvision" if arch == "alexnet-torchvision" else "caffe", **kwargs)
+
+
+def _fit(model, state: Mapping[str, np.ndarray], origin: Mapping[str, str], source: str) -> None:
+    """Check every key and shape (naming source key, our key, expected, found), then copy."""
+    want = model.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [origin.get(k, k) for k in state if k not in want]
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unexpected {', '.join(extra)}"] if extra else [])
+        raise WeightsError(f"{source} does not fit {model.arch}: " + "; ".join(parts))
+    for key, expected in want.items():
+        found = np.asarray(state[key])
+        src = origin.get(key, key)
+        label = f"'{src}'" if src == key else f"'{src}' (-> {key})"
+        if tuple(found.shape) != tuple(expected.shape):
+            raise WeightsError(f"{source}: {label} has shape {tuple(found.shape)}, "
+                               f"{model.arch} expects {tuple(expected.shape)}")
+        if not np.issubdtype(found.dtype, np.floating):
+            raise WeightsError(f"{source}: {label} has dtype {found.dtype}, expected floating point")
+        if not np.all(np.isfinite(found)):
+            raise WeightsError(f"{source}: {label} contains NaN or infinity")
+    model.load_state_dict({k: np.asarray(v, dtype=np.float32) for k, v in state.items()}, source=source)
+
+
+# ---------------------------------------------------------------------------- load
+
+
+def load(path: str | os.PathLike, arch: str | None = None,
+         class_names: Sequence[str] | None = None):
+    """Load weights of any supported format into a new model.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A native ``.npz``, a PyTorch checkpoint (``.pth``, zip or legacy), a Caffe
+        ``.caffemodel``, or a ``.npz`` of Caffe-named arrays (``<layer>/W``,
+        ``<layer>/b``).
+    arch : str, optional
+        ``"zfnet"``, ``"alexnet"`` (Caffe layout), ``"alexnet-torchvision"`` or
+        ``"squeezenet1_0"``.  Default: read from the metadata, else chosen from the
+        keys and shapes (see the table in the module docstring).
+    class_names : sequence of str, optional
+        Stored in ``model.config["class_names"]``.
+
+    Returns
+    -------
+    Network
+        In eval mode, float32 parameters, ``config`` holding the architecture and
+        the preprocessing the weights expect (``model.preprocess``).
+
+    Raises
+    ------
+    WeightsError
+        Unreadable, corrupt or hostile file; unknown layout; a key or shape that
+        does not fit (the message names the key, expected and found shape).
+    ConfigError
+        Unknown ``arch``.
+    """
+    path = os.fspath(path)
+    arch = _canonical_arch(arch)
+    kind = detect_format(path)
+    meta: dict = {}
+    foreign = True  # weights without our metadata: note where they came from
+    if kind == "npz":
+        arrays, file_meta = read_npz(path)
+        if file_meta is not None:
+            meta = {k: v for k, v in file_meta.items() if k not in ("format", "format_version", "dtype")}
+            file_arch = meta.get("arch")
+            if file_arch == "alexnet" and meta.get("variant") == "torchvision":
+                file_arch = "alexnet-torchvision"
+            if file_arch not in _ARCHS:
+                raise WeightsError(f"{path}: metadata names architecture {file_arch!r}, "
+                                   f"expected one of {', '.join(_ARCHS)}")
+            if arch is not None and arch != file_arch:
+                raise WeightsError(f"{path}: holds {file_arch} weights, not {arch}")
+            arch, state, origin = file_arch, arrays, {k: k for k in arrays}
+            foreign = False
+        else:
+            arch, state, origin, meta = _state_to_state(arrays, arch, path)
+    elif kind == "pth":
+        arch, state, origin, meta = _state_to_state(read_pth(path), arch, path)
+    else:
+        arch, state, origin, meta = _caffe_to_state(read_caffemodel(path), arch, path)
+    model = _build(arch, state, path)
+    _fit(model, state, origin, path)
+    for key in ("arch", "variant", "num_classes", "fc_width"):
+        meta.pop(key, None)  # the built model's own values are authoritative
+    model.config.update(meta)
+    if "crop" not in model.config and "input_size" in model.config:
+        model.config["crop"] = list(model.config["input_size"])
+    if class_names is not None:
+        if len(class_names) != model.num_classes:
+            raise ConfigError(f"{len(class_names)} class names for {model.num_classes} classes")
+        model.config["class_names"] = [str(c) for c in class_names]
+    if foreign:
+        model.config["source"] = {"format": kind, "file": os.path.basename(path)}
+    return model.eval()
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str | None = None,
+            dtype: str = "float32", class_names: Sequence[str] | None = None):
+    """``load(src, arch)`` then ``save(model, dst)``; returns the model."""
+    model = load(src, arch=arch, class_names=class_names)
+    save(model, dst, dtype=dtype)
+    return model
