@@ -83,3 +83,82 @@ def test_polyphase_reports_nan():
     assert pool_mod._max_pool2d_polyphase(x, (3, 3), (2, 2), (0, 0), (2, 2)) == (None, None)
     y, sw = ops.max_pool2d(x, 3, 2)
     assert np.isnan(y).all() and (sw == 12).all()  # NaN wins, as in PyTorch
+
+
+# --- convolution: flat-shift columns against the readable im2col / col2im -------------
+
+
+@st.composite
+def conv_inputs(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, kh)), draw(st.integers(0, kw))
+    h = draw(st.integers(max(1, kh - 2 * ph), 13))
+    w = draw(st.integers(max(1, kw - 2 * pw), 13))
+    n = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((n, cg * groups, h, w))
+    wt = rng.standard_normal((og * groups, cg, kh, kw))
+    b = rng.standard_normal(og * groups) if draw(st.booleans()) else None
+    return x, wt, b, (sh, sw), (ph, pw), groups
+
+
+def readable_conv2d(x, w, b, stride, padding, groups):
+    """The readable path of ops.conv2d: im2col, one batched GEMM per group."""
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    cols = ops.im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
+    ho, wo = cols.shape[-2:]
+    y = np.matmul(w.reshape(groups, o // groups, -1), cols.reshape(n, groups, cg * kh * kw, ho * wo))
+    y = y.reshape(n, o, ho, wo)
+    return y if b is None else y + b.reshape(1, o, 1, 1)
+
+
+def readable_conv_transpose2d(y, w, stride, padding, groups, size):
+    n, o, hi, wi = y.shape
+    _, cg, kh, kw = w.shape
+    wmat = w.reshape(groups, o // groups, -1)
+    cols = np.matmul(wmat.transpose(0, 2, 1), y.reshape(n, groups, o // groups, hi * wi))
+    return ops.col2im(cols.reshape(n, cg * groups, kh, kw, hi, wi), size, stride, padding)
+
+
+@given(conv_inputs(), st.sampled_from([1, 1 << 23]))
+@settings(max_examples=120, deadline=None)
+def test_fast_conv_equals_readable(case, chunk_bytes):
+    from zfnet.ops import conv as conv_mod
+
+    x, w, b, stride, padding, groups = case
+    old = conv_mod._COLS_CHUNK_BYTES
+    conv_mod._COLS_CHUNK_BYTES = chunk_bytes  # 1 byte: one image per GEMM chunk
+    try:
+        y = ops.conv2d(x, w, b, stride, padding, groups)
+    finally:
+        conv_mod._COLS_CHUNK_BYTES = old
+    np.testing.assert_allclose(y, readable_conv2d(x, w, b, stride, padding, groups), rtol=1e-10, atol=1e-10)
+    # the transposed convolution, for every output size the forward could have come from
+    g = np.random.default_rng(1).standard_normal(y.shape)
+    for dh in range(stride[0]):
+        for dw in range(stride[1]):
+            size = (x.shape[2] + dh, x.shape[3] + dw)
+            if ops.conv_out_size(size[0], w.shape[2], stride[0], padding[0]) != y.shape[2] or \
+                    ops.conv_out_size(size[1], w.shape[3], stride[1], padding[1]) != y.shape[3]:
+                continue
+            got = ops.conv_transpose2d(g, w, None, stride, padding, groups, output_size=size)
+            want = readable_conv_transpose2d(g, w, stride, padding, groups, size)
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_fast_conv_float32_and_views():
+    """float32 in, float32 out; a strided (non-contiguous) input gives the same result."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 21, 40)).astype(np.float32)[:, :, :, ::2]  # (2, 3, 21, 20) view
+    w = rng.standard_normal((5, 3, 7, 7)).astype(np.float32)
+    y = ops.conv2d(x, w, None, 2, 1)
+    assert y.dtype == np.float32
+    want = readable_conv2d(x.astype(np.float64), w.astype(np.float64), None, (2, 2), (1, 1), 1)
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    xt = ops.conv_transpose2d(g, w, None, 2, 1, output_size=x.shape)
+    assert xt.dtype == np.float32 and xt.shape == x.shape

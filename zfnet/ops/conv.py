@@ -22,10 +22,12 @@ Zeiler & Fergus (2014), section 2.1 ("Filtering"). Dumoulin & Visin (2016).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ._shape import conv_out_size, conv_transpose_out_size, pair
-from .im2col import col2im, im2col
+from .im2col import col2im, col2im_phases, im2col, im2col_phases, phase_geometry
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight_grad", "conv2d_bias_grad"]
 
@@ -67,7 +69,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
 
     Notes
     -----
-    im2col + one batched GEMM per group; see :mod:`zfnet.ops.im2col`.
+    im2col + one batched GEMM per group; see :mod:`zfnet.ops.im2col`.  On NumPy the
+    same GEMM runs on columns in the flat-shift layout (:func:`~zfnet.ops.im2col.im2col_phases`,
+    one contiguous copy per kernel offset), image by image to stay in cache; the
+    result is then a strided view that skips the layout's wrap-around columns.
     """
     xp = get_array_module(x, w)
     _check(x, w, groups, "conv2d")
@@ -82,6 +87,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     stride, padding = pair(stride, "stride"), pair(padding, "padding")
     ho = conv_out_size(h, kh, stride[0], padding[0])
     wo = conv_out_size(wd, kw, stride[1], padding[1])
+    if xp is np and x.dtype.kind == "f":
+        return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo))
 
     cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
     cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
@@ -157,6 +164,8 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
             )
     if h < 1 or wd < 1:
         raise ShapeError(f"conv_transpose2d: output size {(h, wd)} for input {(hi, wi)} is empty; pass output_size")
+    if xp is np and y.dtype.kind == "f":
+        return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
 
     ymat = y.reshape(n, groups, o // groups, hi * wi)  # (N, G, O_g, H_in*W_in)
     wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
@@ -167,6 +176,64 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
         x = x + b.reshape(1, c, 1, 1)
     return x
 
+
+
+# -- fast NumPy paths: the same GEMMs on the flat-shift column layout ---------------------
+
+_COLS_CHUNK_BYTES = 8 << 20  # images per GEMM chunk: about this many bytes of columns
+
+
+def _conv2d_phases(x, w, b, stride, padding, groups, out_size):
+    """:func:`conv2d` on NumPy with columns from :func:`~zfnet.ops.im2col.im2col_phases`.
+
+    Same GEMM as the readable path, ``(G, O_g, C_g*kH*kW) @ (N, G, C_g*kH*kW, H_out*Wq)``,
+    run on chunks of images so that each chunk's columns stay in cache.  Returns a
+    (N, C_out, H_out, W_out) view of a (N, C_out, H_out, Wq) buffer.
+    """
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    (ho, wo), k = out_size, cg * kh * kw
+    _, wq = phase_geometry(out_size, (kh, kw), stride)
+    if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
+        wq = wo  # 1x1: the columns are the input itself
+    wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
+    y = np.empty((n, groups, o // groups, ho * wq), dtype=np.result_type(x, w))  # (N, G, O_g, H_out*Wq)
+    step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * ho * wq * x.itemsize))
+    for n0 in range(0, n, step):
+        cols, _ = im2col_phases(x[n0 : n0 + step], (kh, kw), stride, padding)  # (n, C, kH, kW, H_out*Wq)
+        cols = cols.reshape(-1, groups, k, ho * wq)  # (n, G, C_g*kH*kW, H_out*Wq)
+        np.matmul(wmat, cols, out=y[n0 : n0 + step])
+    y = y.reshape(n, o, ho, wq)  # (N, C_out, H_out, Wq)
+    if b is not None:
+        y += b.reshape(1, o, 1, 1)
+    return y[..., :wo]  # drop the wrap-around columns
+
+
+def _conv_transpose2d_phases(y, w, b, stride, padding, groups, out_size):
+    """:func:`conv_transpose2d` on NumPy through :func:`~zfnet.ops.im2col.col2im_phases`.
+
+    The signal is laid out with rows of ``Wq`` values whose wrap-around columns are
+    zero, multiplied by the transposed filters, and its columns added back phase by
+    phase: the exact adjoint of :func:`_conv2d_phases`.
+    """
+    n, o, hi, wi = y.shape
+    _, cg, kh, kw = w.shape
+    c, k = cg * groups, cg * kh * kw
+    _, wq = phase_geometry((hi, wi), (kh, kw), stride)
+    if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
+        wq = wi
+    if wq > wi:
+        ypad = np.zeros((n, o, hi, wq), dtype=y.dtype)  # (N, C_out, H_in, Wq): wrap-around columns zero
+        ypad[..., :wi] = y
+        y = ypad
+    ymat = y.reshape(n, groups, o // groups, hi * wq)  # (N, G, O_g, H_in*Wq)
+    wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
+    cols = np.matmul(wmat.transpose(0, 2, 1), ymat)  # (N, G, C_g*kH*kW, H_in*Wq)
+    cols = cols.reshape(n, c, kh, kw, hi * wq)  # (N, C_in, kH, kW, H_in*Wq)
+    x = col2im_phases(cols, out_size, (kh, kw), stride, padding, wq)  # (N, C_in, H, W)
+    if b is not None:
+        x = x + b.reshape(1, c, 1, 1)
+    return x
 
 def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
     """Gradient of a loss with respect to the filters of :func:`conv2d`.
