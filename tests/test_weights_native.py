@@ -293,3 +293,25 @@ def test_preprocess_torchvision_metadata(tmp_path):
     assert x.shape == (3, 224, 224)
     want = (np.array([255, 0, 128]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(x[:, 10, 10], want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_convert_and_info(tmp_path, capsys):
+    from zfnet.cli import main
+
+    model = _small("alexnet")
+    write_caffemodel(tmp_path / "a.caffemodel", _caffe_blobs(model, True), v1=True)
+    (tmp_path / "classes.txt").write_text("".join(f"n0000000{i} class {i}\n" for i in range(7)))
+    assert main(["convert", str(tmp_path / "a.caffemodel"), str(tmp_path / "a.npz"),
+                 "--dtype", "float16", "--classes", str(tmp_path / "classes.txt")]) == 0
+    assert "alexnet (caffe)" in capsys.readouterr().out
+    assert load(tmp_path / "a.npz").config["class_names"][2] == "class 2"
+    assert main(["info", str(tmp_path / "a.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "alexnet (variant caffe), 7 classes, input 227x227" in out
+    assert "BGR" in out and "conv2.weight                 256x48x5x5" in out and "class 0" in out
+    (tmp_path / "junk.pth").write_bytes(b"\x80\x02junk")
+    assert main(["info", str(tmp_path / "junk.pth")]) == 2
+    assert "junk.pth" in capsys.readouterr().err
