@@ -19,6 +19,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..errors import ShapeError
 from ._shape import pair, pool_out_size
+from .im2col import split_phase
 
 __all__ = ["max_pool2d", "max_unpool2d"]
 
@@ -132,41 +133,15 @@ def _max_pool2d_windows(x, kernel_size, stride, padding, out_size):
 #    phase (., v % sW) shifted by v // sW columns, and in a phase stored with rows of
 #    Wq = W_out + (kW-1)//sW values a column shift is a shift of the FLAT array.  Every
 #    comparison becomes one contiguous 1-D operation over a whole chunk of planes;
-#    the last (kW-1)//sW columns of each phase row are padding whose results we drop.
+#    outputs in the last (kW-1)//sW columns of each phase row read across the row end
+#    and are dropped.  (The same layout as the convolution's columns, see
+#    zfnet.ops.im2col.im2col_phases, with -inf instead of zero padding.)
 # 3. Branch-free index tracking: offsets are visited in increasing order, so "take
 #    offset v where the candidate wins" equals max(offset, wins * v).
 #
 # Work goes in chunks of planes (about _CHUNK_BYTES of input) to stay in cache.
 
 _CHUNK_BYTES = 1 << 21
-
-
-def _phase_range(n_phase: int, a: int, s: int, p: int, n: int) -> tuple[int, int]:
-    """Phase indices ``r`` in ``[0, n_phase)`` whose input index ``r*s + a - p`` is in ``[0, n)``."""
-    r0 = max(0, -(-(p - a) // s))  # ceil((p - a) / s)
-    r1 = max(r0, min(n_phase, (n - 1 + p - a) // s + 1))
-    return r0, r1
-
-
-def _phase(x, a: int, b: int, stride, padding, phase_size):
-    """Phase ``(a, b)`` of the ``-inf``-padded planes: ``out[:, r, q] = x_pad[:, r*sH + a, q*sW + b]``.
-
-    ``x`` has shape (P, H, W); the result (P, Hq, Wq) is contiguous, so the caller
-    can shift it as a flat array.
-    """
-    (sh, sw), (ph, pw), (hq, wq) = stride, padding, phase_size
-    p, h, w = x.shape
-    out = np.empty((p, hq, wq), x.dtype)  # (P, Hq, Wq)
-    r0, r1 = _phase_range(hq, a, sh, ph, h)
-    q0, q1 = _phase_range(wq, b, sw, pw, w)
-    out[:, :r0] = -np.inf  # rows and columns that fall in the padding
-    out[:, r1:] = -np.inf
-    out[:, r0:r1, :q0] = -np.inf
-    out[:, r0:r1, q1:] = -np.inf
-    if r1 > r0 and q1 > q0:
-        i0, j0 = r0 * sh + a - ph, q0 * sw + b - pw
-        out[:, r0:r1, q0:q1] = x[:, i0 : i0 + (r1 - r0 - 1) * sh + 1 : sh, j0 : j0 + (q1 - q0 - 1) * sw + 1 : sw]
-    return out
 
 
 def _max_pool2d_chunk(x, kernel_size, stride, padding, out_size):
@@ -184,7 +159,9 @@ def _max_pool2d_chunk(x, kernel_size, stride, padding, out_size):
 
     def phase(a, b):  # flat (P*Hq*Wq,), built on first use
         if (a, b) not in phases:
-            phases[a, b] = _phase(x, a, b, stride, padding, (hq, wq)).reshape(-1)
+            out = np.empty((p, hq, wq), x.dtype)  # (P, Hq, Wq), contiguous so it can shift flat
+            split_phase(out, x, a, b, stride, padding, fill=-np.inf)
+            phases[a, b] = out.reshape(-1)
         return phases[a, b]
 
     wins = np.empty(m, bool)
