@@ -108,6 +108,7 @@ class Top9Result:
     images_per_second: float
     peak_rss_mib: float
     resumed_from: int
+    peak_rss_mining_mib: float = 0.0
     figures: dict[str, Path] = field(default_factory=dict)
     gallery: Path | None = None
     weights_label: str = ""
@@ -125,7 +126,7 @@ class Top9Result:
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
             f"{self.weights_label or 'the given weights'}: {text}. Mining took {self.seconds_mining:.1f} s "
             f"({self.images_per_second:.1f} images/s), everything {self.seconds_total:.1f} s; "
-            f"peak memory {self.peak_rss_mib:.0f} MiB. Results: {self.out / 'top9.json'}; figures: "
+            f"peak memory {self.peak_rss_mining_mib:.0f} MiB while mining, {self.peak_rss_mib:.0f} MiB in all. Results: {self.out / 'top9.json'}; figures: "
             + (", ".join(str(p) for p in self.figures.values()) or "none")
             + (f"; gallery: {self.gallery}" if self.gallery else "")
             + "."
@@ -254,6 +255,7 @@ def run_top9(
         mine(forward, batches, state, state_path=state_path, save_every=save_every, progress=bar.update,
              to_device=to_dev)
     seconds_mining = time.perf_counter() - t0
+    rss_mining = peak_rss_mib()
     rate = (state.n_images - n_before) / seconds_mining if seconds_mining > 0 else 0.0
 
     # top9.json: every result, with its receptive-field box.
@@ -318,6 +320,6 @@ def run_top9(
     return Top9Result(
         out=out, state=state, n_files=n_files, n_read=state.n_images, skipped=state.skipped, notes=state.notes,
         seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
-        peak_rss_mib=peak_rss_mib(), resumed_from=start, figures=figures, gallery=gallery_index,
+        peak_rss_mib=peak_rss_mib(), resumed_from=start, peak_rss_mining_mib=rss_mining, figures=figures, gallery=gallery_index,
         weights_label=weights_label,
     )
