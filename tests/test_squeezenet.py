@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zfnet.deconvnet import project_units, receptive_fields
-from zfnet.models.squeezenet import FIRE_CONFIG, Fire, squeezenet1_0
+from zfnet.models.squeezenet import Fire, squeezenet1_0
 from zfnet.nn import AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, MaxPool2d
 from zfnet.weights import load, parse_prototxt
 

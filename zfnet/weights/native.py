@@ -30,9 +30,9 @@ BVLC AlexNet / CaffeNet    Caffe layers ``conv1``..``conv5``      ``alexnet`` (C
                            ``fc6``..``fc8``                       104/117/123
 ZF layout .caffemodel      ``conv1`` 7x7, ungrouped conv2..5,     ``zfnet``, BGR, mean
                            ``fc6``..``fc8``                       104/117/123
-SqueezeNet v1.0            ``fireN/conv1x1_1`` ... ``conv_final``  ``squeezenet1_0``,
-(.caffemodel or .npz of    (also ``fireN/squeeze1x1``,            BGR, mean 104/117/123
-``<layer>/W``, ``/b``)     ``expand1x1``, ``expand3x3``)
+SqueezeNet v1.0            ``fireN/conv1x1_1``, ``conv1x1_2``,    ``squeezenet1_0``,
+(.caffemodel or .npz of    ``conv3x3_2``, ``conv1``,              BGR, mean 104/117/123
+``<layer>/W``, ``/b``)     ``conv_final``
 our own keys (.pth/.npz)   ``conv1.weight`` ...                   by conv1's shape
 =========================  =====================================  ====================
 
