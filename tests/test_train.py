@@ -333,6 +333,27 @@ def test_cli_pack_train_resume_evaluate(tmp_path, capsys):
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["count"] == 4 and len(ev["per_class_acc"]) == 2
 
+    # the figures from the run's checkpoints
+    assert main(["fig4", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "packed"), "--images", "3",
+                 "--units", "1", "--layers", "conv1", "conv2", "--out", str(tmp_path / "f4.png"),
+                 "--json", str(tmp_path / "f4.json"), "--device", "cpu"]) == 0
+    rec = json.loads((tmp_path / "f4.json").read_text())
+    assert rec["columns"] == ["epoch 1", "epoch 2 (final)"] and (tmp_path / "f4.png").stat().st_size > 0
+    from zfnet.models import alexnet
+    from zfnet.weights import save
+
+    ax = alexnet("caffe", num_classes=2, fc_width=8)
+    ax.config.update(input_size=[224, 224], resize=224, channel_order="RGB", mean=[0.485, 0.456, 0.406],
+                     std=[0.229, 0.224, 0.225], scale=1 / 255)
+    save(ax, tmp_path / "ax.npz", dtype="float16")
+    assert main(["fig6", "--weights", str(tmp_path / "ax.npz"), str(tmp_path / "run" / "final.npz"),
+                 "--data", str(tmp_path / "packed"), "--images", "3", "--units", "2", "--evaluate",
+                 "--out", str(tmp_path / "f6.png"), "--json", str(tmp_path / "f6.json"), "--device", "cpu"]) == 0
+    meas = json.loads((tmp_path / "f6.json").read_text())
+    assert set(meas) == {"AlexNet 11x11/4", "ZFNet 7x7/2", "definitions"}
+    assert 0 <= meas["ZFNet 7x7/2"]["val_acc"] <= 1
+    assert "dead conv1 filters" in capsys.readouterr().out
+
 
 def test_imagenette_subset_trains_if_present(shared_dir, tmp_path):
     """Two steps of zfnet on one real Imagenette image per class (skips without ../shared)."""

@@ -1,4 +1,4 @@
-"""``zfnet train``, ``zfnet pack-data`` and ``zfnet evaluate``: training our own weights.
+"""``zfnet train``, ``pack-data``, ``evaluate``, ``fig4`` and ``fig6``: training our own weights and its figures.
 
 See ``docs/training.md`` for the recipe and the exact commands that made the
 committed weights.
@@ -10,6 +10,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -92,6 +94,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     e.add_argument("--json", default=None, help="also write the result here as JSON")
     e.set_defaults(func=run_evaluate)
+
+    f4 = sub.add_parser("fig4", help="Fig. 4: feature evolution over a run's checkpoints",
+                        description="For a few units per conv layer, project the strongest activation over a fixed "
+                                    "subset of images at each kept checkpoint (rows = units, columns = epochs).")
+    f4.add_argument("--run", default=None, help="run folder of zfnet train (uses epoch-*.npz and final.npz)")
+    f4.add_argument("--checkpoints", nargs="*", default=None, help="weight files in training order (instead of --run)")
+    f4.add_argument("--data", required=True, help="packed folder or folder with <split>/<class>/ images")
+    f4.add_argument("--split", default="train", help="images searched (default train, as in the paper)")
+    f4.add_argument("--images", type=int, default=256, help="size of the evenly spaced subset (default 256)")
+    f4.add_argument("--units", type=int, default=4, help="units per layer (default 4)")
+    f4.add_argument("--layers", nargs="*", default=None, help="default: every conv layer")
+    f4.add_argument("--tile", type=int, default=64)
+    f4.add_argument("--seed", type=int, default=0, help="choice of units")
+    f4.add_argument("--out", default="fig4.png")
+    f4.add_argument("--json", default=None, help="record of the chosen units and images")
+    f4.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    f4.set_defaults(func=run_fig4)
+
+    f6 = sub.add_parser("fig6", help="Fig. 6: first-layer filters, layer-2 projections and measures of two networks",
+                        description="Side by side for each network: conv1 filters (per-filter and shared scaling), "
+                                    "conv2 projections; measures dead conv1 filters, high-frequency/aliasing energy "
+                                    "of conv2 projections, and validation accuracy.")
+    f6.add_argument("--weights", nargs="+", required=True, help="weight files, e.g. alexnet then zfnet")
+    f6.add_argument("--labels", nargs="*", default=None)
+    f6.add_argument("--data", required=True)
+    f6.add_argument("--split", default="val")
+    f6.add_argument("--images", type=int, default=256)
+    f6.add_argument("--units", type=int, default=16, help="conv2 units per network (default 16)")
+    f6.add_argument("--evaluate", action="store_true",
+                    help="measure top-1 on the whole split (default: the accuracy stored by training)")
+    f6.add_argument("--out", default="fig6.png")
+    f6.add_argument("--json", default=None)
+    f6.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    f6.set_defaults(func=run_fig6)
 
 
 def _device(name: str) -> str:
@@ -205,4 +241,100 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {acc:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"weights": str(args.weights), "split": args.split, **res}, indent=1))
+    return 0
+
+
+def _subset(data: str, split: str, count: int, size: int):
+    """An evenly spaced subset of ``count`` images of a split (only those are decoded when packed)."""
+    from ..data.packed import _read_meta, load_packed
+
+    root = Path(data)
+    if (root / "meta.json").exists():
+        meta = _read_meta(root / "meta.json")
+        if split not in meta["splits"]:
+            raise ConfigError(f"{data}: the packed dataset has no split {split!r}")
+        n = int(meta["splits"][split]["count"])
+        idx = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+        return load_packed(root, split, indices=idx)
+    full = load_split(data, split, size)
+    idx = np.unique(np.linspace(0, len(full) - 1, min(count, len(full))).round().astype(np.int64))
+    return full.subset(idx)
+
+
+def _epoch_label(model, path: Path, final: bool) -> str:
+    epoch = (model.config.get("training") or {}).get("epoch")
+    if epoch is None:
+        return path.stem
+    return f"epoch {epoch}" + (" (final)" if final else "")
+
+
+def run_fig4(args: argparse.Namespace) -> int:
+    from ..figures.evolution import evolution_figure
+    from ..figures.render import save_png
+    from ..weights import load
+
+    if args.checkpoints:
+        paths = [Path(p) for p in args.checkpoints]
+    elif args.run:
+        run = Path(args.run)
+        paths = sorted(run.glob("epoch-*.npz")) + ([run / "final.npz"] if (run / "final.npz").exists() else [])
+    else:
+        raise ConfigError("fig4 needs --run or --checkpoints")
+    if not paths:
+        raise ConfigError(f"no checkpoints found ({args.run}/epoch-*.npz, final.npz)")
+    device = _device(args.device)
+    models = []
+    for i, p in enumerate(paths):
+        m = load(p).to(device)
+        models.append((_epoch_label(m, p, i == len(paths) - 1 and p.name == "final.npz"), m))
+    subset = _subset(args.data, args.split, args.images, models[-1][1].input_size[0])
+    pic, record = evolution_figure(models, subset.images, args.layers, args.units, args.tile, args.seed)
+    save_png(pic, args.out)
+    record.update(checkpoints=[str(p) for p in paths], data=args.data, split=args.split,
+                  image_paths=subset.paths)
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1))
+    print(f"Fig. 4 of {len(paths)} checkpoints over {len(subset)} {args.split} images: {args.out}")
+    return 0
+
+
+def run_fig6(args: argparse.Namespace) -> int:
+    from ..figures.compare import compare_networks
+    from ..figures.render import save_png
+    from ..train import evaluate
+    from ..weights import load
+
+    device = _device(args.device)
+    models = [load(p).to(device) for p in args.weights]
+    labels = args.labels or []
+    if labels and len(labels) != len(models):
+        raise ConfigError(f"{len(labels)} labels for {len(models)} weight files")
+    if not labels:
+        for m in models:
+            conv1 = m.layer("conv1")
+            k, st = conv1.kernel_size[0], conv1.stride[0]
+            name = {"zfnet": "ZFNet", "alexnet": "AlexNet"}.get(m.arch, m.arch)
+            labels.append(f"{name} {k}x{k}/{st}")
+    accs = {}
+    for label, m, p in zip(labels, models, args.weights):
+        if args.evaluate:
+            split = load_split(args.data, args.split, m.input_size[0])
+            accs[label] = evaluate(m, split.images, split.labels, preprocess=m.config, progress=True)["acc"]
+        else:
+            accs[label] = (m.config.get("training") or {}).get("val_acc")
+    subset = _subset(args.data, args.split, args.images, models[0].input_size[0])
+    pic, measures = compare_networks(list(zip(labels, models)), subset.images, accs, units=args.units)
+    save_png(pic, args.out)
+    measures["definitions"].update(weights=[str(p) for p in args.weights], data=args.data, split=args.split,
+                                   accuracy_source="measured now" if args.evaluate else "stored by training")
+    if args.json:
+        Path(args.json).write_text(json.dumps(measures, indent=1))
+    for label in labels:
+        m = measures[label]
+        acc = m["val_acc"]
+        print(f"{label}: dead conv1 filters {m['dead_filters']['count']}/{m['dead_filters']['total']}, "
+              f"never-active {m['never_active']['count']}, conv2 hf {m['layer2']['hf_fraction']:.3f}, "
+              f"grid4 {m['layer2']['grid4']:.2f}, grid2 {m['layer2']['grid2']:.2f}, "
+              f"val top-1 {'n/a' if acc is None else f'{acc:.4f}'}")
+    print(f"Fig. 6: {args.out}")
     return 0

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..errors import ConfigError, DataError
 from .images import ImageFolder, ImageReadError, to_rgb
@@ -358,7 +358,8 @@ def _decode_jpeg(data: bytes, size: int, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            rgb = to_rgb(im, path=where)
+            # as the folder reader does: a stored original JPEG may carry an EXIF orientation
+            rgb = to_rgb(ImageOps.exif_transpose(im), path=where)
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{where}: cannot decode the stored image ({e})") from None
     if rgb.size != (size, size):
@@ -366,8 +367,12 @@ def _decode_jpeg(data: bytes, size: int, where: str) -> np.ndarray:
     return np.asarray(rgb, np.uint8)  # (S, S, 3)
 
 
-def load_packed(path: str | os.PathLike, split: str, *, workers: int = 4) -> PackedSplit:
+def load_packed(path: str | os.PathLike, split: str, *, workers: int = 4, indices=None) -> PackedSplit:
     """Load one split of a packed folder into memory (decoding JPEG shards with threads).
+
+    ``indices`` (ints into the split, any order) loads and decodes only those
+    images, in that order: a figure that needs 256 training images does not decode
+    9,469.
 
     Raises
     ------
@@ -386,18 +391,29 @@ def load_packed(path: str | os.PathLike, split: str, *, workers: int = 4) -> Pac
         raise DataError(f"{root / entry['labels']}: {labels.shape[0]} labels, meta.json says {n}")
     if n and (labels.min() < 0 or labels.max() >= len(meta["classes"])):
         raise DataError(f"{root / entry['labels']}: labels outside [0, {len(meta['classes'])})")
-    images = np.empty((n, s, s, 3), np.uint8)  # (N, S, S, 3)
+    want = np.arange(n) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+    if want.size and (want.min() < 0 or want.max() >= n):
+        raise DataError(f"{root}: indices outside the {n} images of split {split!r}")
+    slot = {}  # image index -> positions in the output that want it
+    for pos, i in enumerate(want.tolist()):
+        slot.setdefault(i, []).append(pos)
+    images = np.empty((len(want), s, s, 3), np.uint8)  # (N_wanted, S, S, 3)
     at = 0
     for shard in entry["shards"]:
         count = int(shard["count"])
         if at + count > n:
             raise DataError(f"{root}: the shards of {split!r} hold more than the {n} images meta.json lists")
         f = root / shard["file"]
+        mine = [j for j in range(count) if at + j in slot]
+        if not mine:
+            at += count
+            continue
         if enc == "raw":
             a = _load_npy(f, np.uint8, 4)
             if a.shape != (count, s, s, 3):
                 raise DataError(f"{f}: shape {a.shape}, expected {(count, s, s, 3)}")
-            images[at : at + count] = a
+            for j in mine:
+                images[slot[at + j]] = a[j]
         else:
             blob = _load_npy(f, np.uint8, 1)
             off = _load_npy(root / shard["offsets"], np.int64, 1)
@@ -406,15 +422,15 @@ def load_packed(path: str | os.PathLike, split: str, *, workers: int = 4) -> Pac
             raw = blob.tobytes()
 
             def work(j, raw=raw, off=off, base=at, name=f.name):
-                images[base + j] = _decode_jpeg(raw[off[j] : off[j + 1]], s, f"{name} image {j}")
+                images[slot[base + j]] = _decode_jpeg(raw[off[j] : off[j + 1]], s, f"{name} image {j}")
 
             with ThreadPoolExecutor(max(1, workers)) as pool:
-                list(pool.map(work, range(count)))
+                list(pool.map(work, mine))
         at += count
     if at != n:
         raise DataError(f"{root}: the shards of {split!r} hold {at} images, meta.json says {n}")
     paths = entry.get("paths") or [""] * n
-    return PackedSplit(images, labels, meta["classes"], meta["names"], paths, meta)
+    return PackedSplit(images, labels[want], meta["classes"], meta["names"], [paths[i] for i in want], meta)
 
 
 def load_folder(src: str | os.PathLike, *, size: int = 224, classes: Sequence[str] | None = None,
