@@ -1,0 +1,110 @@
+"""PyTorch twins of zfnet networks (same weights), for timing against.
+
+The twin does the same work as our forward: max-pooling returns its indices (our
+``max_pool2d`` always computes switches), dropout is the identity (inference).  For
+projections the ReLU's backward follows the projection rule (the deconvnet rectifies
+the signal coming down) and LRN's backward passes the signal through, so that
+autograd computes exactly the paper's deconvnet, densely, as PyTorch users do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zfnet import nn as znn
+
+
+class RuleReLU(torch.autograd.Function):
+    """``relu`` forward; backward by the projection rule (deconvnet: ``relu(g)``)."""
+
+    @staticmethod
+    def forward(ctx, x, rule):
+        ctx.rule = rule
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        if ctx.rule == "deconvnet":
+            return g.clamp(min=0), None
+        if ctx.rule == "guided":
+            return g.clamp(min=0) * (x > 0), None
+        return g * (x > 0), None
+
+
+class PassLRN(torch.autograd.Function):
+    """LRN forward; the deconvnet passes signals through it unchanged."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None, None, None, None
+
+
+def _t(a):
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def twin(model, rule: str | None = None):
+    """``run(x, upto=None) -> tensor`` (the activation ``upto``, or the network's output).
+
+    ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.
+    """
+    weights = {}
+    for layer in model.layers:
+        for conv in _convs(layer):
+            weights[conv.name] = (_t(conv.weight), _t(conv.bias))
+        if isinstance(layer, znn.Linear):
+            weights[layer.name] = (_t(layer.weight), _t(layer.bias))
+
+    def relu(t):
+        return F.relu(t) if rule is None else RuleReLU.apply(t, rule)
+
+    def conv(layer, x):
+        w, b = weights[layer.name]
+        x = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
+        return relu(x) if layer.relu else x
+
+    def run(x, upto=None):
+        for layer in model.layers:
+            if isinstance(layer, znn.Conv2d):
+                x = conv(layer, x)
+            elif isinstance(layer, znn.MaxPool2d):
+                x, _ = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode,
+                                    return_indices=True)
+            elif isinstance(layer, znn.LRN):
+                args = (layer.size, layer.alpha, layer.beta, layer.k)
+                x = F.local_response_norm(x, *args) if rule is None else PassLRN.apply(x, *args)
+            elif isinstance(layer, znn.Flatten):
+                x = x.flatten(1)
+            elif isinstance(layer, znn.Linear):
+                w, b = weights[layer.name]
+                x = F.linear(x, w, b)
+                x = relu(x) if layer.relu else x
+            elif isinstance(layer, znn.AdaptiveAvgPool2d):
+                x = F.adaptive_avg_pool2d(x, layer.output_size)
+            elif isinstance(layer, znn.Dropout):
+                pass
+            elif _convs(layer):  # a fire module: squeeze, then two expand branches concatenated
+                s = conv(layer.squeeze, x)
+                x = torch.cat([conv(layer.expand1x1, s), conv(layer.expand3x3, s)], dim=1)
+            else:
+                raise TypeError(f"no PyTorch twin for {layer!r}")
+            if layer.name == upto:
+                break
+        return x
+
+    return run
+
+
+def _convs(layer) -> list:
+    if isinstance(layer, znn.Conv2d):
+        return [layer]
+    branches = [getattr(layer, b, None) for b in ("squeeze", "expand1x1", "expand3x3")]
+    return branches if all(isinstance(b, znn.Conv2d) for b in branches) else []
