@@ -68,7 +68,7 @@ def test_display_projection_symmetric_and_minmax() -> None:
     p = np.zeros((3, 2, 2), np.float32)
     p[0, 0, 0] = 2.0  # B channel, pixel units 2 * std 1 = 2
     p[2, 1, 1] = -1.0  # R channel, pixel units -1 * 4 = -4 -> the largest magnitude
-    pic = display_projection(p, t)
+    pic = display_projection(p, t, clip=100)
     assert pic[0, 1].tolist() == [128, 128, 128]  # zero -> mid grey
     assert pic[1, 1, 0] == 0  # R = -4 = -max -> black
     assert pic[0, 0, 2] == round(255 * (0.5 + 0.5 * 2 / 4))  # B = 2 -> three quarters
@@ -76,8 +76,17 @@ def test_display_projection_symmetric_and_minmax() -> None:
     assert mm.min() == 0 and mm.max() == 255
     inside = np.array([[True, True], [True, False]])
     assert display_projection(p, t, inside)[1, 1].tolist() == list(checkerboard(2, 2)[1, 1])
+    # A percentile stretch saturates the few strongest pixels instead of dimming the rest.
+    big = np.zeros((3, 20, 20), np.float32)
+    big[:, :, :] = 0.1
+    big[0, 0, 0] = 100.0  # one outlier (B channel)
+    # Pixel units: B 0.1 * 1, G 0.1 * 2, R 0.1 * 4 = 0.4, the 99th percentile of |q|.
+    assert display_projection(big, t, clip=100)[5, 5, 0] == 128  # 0.4 of 100: looks like zero
+    assert display_projection(big, t, clip=99)[5, 5, 0] == 255  # 0.4 saturates
     with pytest.raises(ConfigError):
         display_projection(p, t, scaling="log")
+    with pytest.raises(ConfigError):
+        display_projection(p, t, clip=20)
 
 
 def test_unit_views_crop_the_projection_to_its_whole_support(tiny_images: Path) -> None:

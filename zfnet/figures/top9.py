@@ -133,10 +133,10 @@ class Top9Result:
         )
 
 
-def _progress_bar(total: int, initial: int, desc: str, enabled: bool):
+def _progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "img"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 def run_top9(
@@ -286,7 +286,7 @@ def run_top9(
     for name, t in state.layers.items():
         chosen[name] = select_units(name, t.values[:, 0], units, seed)
     wanted = [r for r in records if r["channel"] in set(chosen[r["layer"]])]
-    with _progress_bar(len(wanted), 0, "projecting", progress) as bar:
+    with _progress_bar(len(wanted), 0, "projecting", progress, unit="unit") as bar:
         views = unit_views(model, folder, transform, wanted, rule=rule, progress=bar.update, to_device=to_dev)
     by_layer: dict[str, dict[int, list[UnitView]]] = {name: {c: [] for c in chosen[name]} for name in layers}
     for v in views:
