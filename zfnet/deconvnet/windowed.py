@@ -242,8 +242,8 @@ def project_units_windowed(model, x_or_trace, layer: str, units, rule: str = "de
     images, oy, ox = units[:, 0], units[:, 2].copy(), units[:, 3].copy()
     # the starting signal: each unit's own activation on a 1x1 window, zero elsewhere
     sig = xp.zeros((len(units), c, 1, 1), dtype=act.dtype)  # (U, C, 1, 1)
-    u = np.arange(len(units))
-    sig[u, units[:, 1], 0, 0] = act[images, units[:, 1], oy, ox]
+    u, ch = xp.asarray(np.arange(len(units))), xp.asarray(units[:, 1])
+    sig[u, ch, 0, 0] = act[xp.asarray(images), ch, xp.asarray(oy), xp.asarray(ox)]
     win = _Window(sig, oy, ox, (h, w))
     top = model._index(layer)
     for i in range(top, -1, -1):

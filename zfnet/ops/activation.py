@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import cupy, get_array_module
+from . import _kernels
 
 __all__ = ["relu", "relu_backward", "softmax"]
 
@@ -14,6 +15,8 @@ def relu(x):
     section 2.1, "Rectification"); see :func:`zfnet.nn.relu_rule` for the three rules.
     """
     xp = get_array_module(x)
+    if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_relu
+        return _kernels.relu(x)
     return xp.maximum(x, 0)
 
 

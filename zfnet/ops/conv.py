@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import cupy, get_array_module
 from ..errors import ShapeError
+from . import _kernels
 from ._shape import conv_out_size, conv_transpose_out_size, pair
 from .im2col import col2im, col2im_phases, im2col, im2col_phases, phase_geometry
 
@@ -87,6 +88,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     stride, padding = pair(stride, "stride"), pair(padding, "padding")
     ho = conv_out_size(h, kh, stride[0], padding[0])
     wo = conv_out_size(wd, kw, stride[1], padding[1])
+    if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
+        return _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
     if xp is np and x.dtype.kind == "f":
         return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo))
 
@@ -164,6 +167,8 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
             )
     if h < 1 or wd < 1:
         raise ShapeError(f"conv_transpose2d: output size {(h, wd)} for input {(hi, wi)} is empty; pass output_size")
+    if xp is cupy and y.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
+        return _kernels.conv_transpose2d(y, w, b, stride, padding, groups, (h, wd))  # cuBLAS + CUDA col2im
     if xp is np and y.dtype.kind == "f":
         return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import cupy, get_array_module
 from ..errors import ShapeError
+from . import _kernels
 
 __all__ = ["lrn", "lrn_backward"]
 
@@ -41,6 +42,8 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         raise ShapeError(f"lrn: input must be (N, C, ...), got shape {tuple(x.shape)}")
     if size < 1:
         raise ShapeError(f"lrn: size must be >= 1, got {size}")
+    if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_forward; this code is its reference
+        return _kernels.lrn(x, size, alpha, beta, k)
     c = x.shape[1]
     sq = x * x
     before, after = size // 2, (size - 1) // 2
@@ -106,6 +109,8 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
             f"lrn_backward: x, y and dy must share one (N, C, ...) shape, got "
             f"{tuple(x.shape)}, {tuple(y.shape)}, {tuple(dy.shape)}"
         )
+    if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_backward; this code is its reference
+        return _kernels.lrn_backward(x, y, dy, size, alpha, beta, k)
     before, after = size // 2, (size - 1) // 2
     s = k + (alpha / size) * _window_sum(xp, x * x, before, after)  # the forward denominator base
     t = dy * y / s  # dL/dy_c * y_c / s_c

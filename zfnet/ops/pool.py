@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from ._shape import pair, pool_out_size
+from . import _kernels
 from .im2col import split_phase
 
 __all__ = ["max_pool2d", "max_unpool2d"]
@@ -72,6 +73,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     n, c, h, w = x.shape
     ho = pool_out_size(h, kh, sh, ph, ceil_mode)
     wo = pool_out_size(w, kw, sw, pw, ceil_mode)
+    if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_max_pool2d: the readable loop, per output
+        return _kernels.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
     if xp is np and x.dtype.kind == "f" and kw < 256:
         y, switches = _max_pool2d_polyphase(x, (kh, kw), (sh, sw), (ph, pw), (ho, wo))
         if y is not None:
@@ -273,6 +276,8 @@ def max_unpool2d(y, switches, output_size):
     h, w = (int(v) for v in tuple(output_size)[-2:])
     if switches.size and (int(switches.min()) < 0 or int(switches.max()) >= h * w):
         raise ShapeError(f"max_unpool2d: switches point outside an output plane of size {(h, w)}")
+    if xp is cupy and y.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_max_unpool2d (atomic adds)
+        return _kernels.max_unpool2d(y, switches, (h, w))
     x = xp.zeros((n * c, h * w), dtype=y.dtype)  # (N*C, H*W)
     plane = xp.arange(n * c, dtype=xp.int64).reshape(n * c, 1)  # which (n, c) plane each row is
     # add.at accumulates repeated indices (a plain fancy-index assignment would keep only one)
