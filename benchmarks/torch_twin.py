@@ -47,21 +47,22 @@ class PassLRN(torch.autograd.Function):
         return g, None, None, None, None
 
 
-def _t(a):
-    return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+def _t(a, device):
+    return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
 
-def twin(model, rule: str | None = None):
+def twin(model, rule: str | None = None, device: str = "cpu"):
     """``run(x, upto=None) -> tensor`` (the activation ``upto``, or the network's output).
 
-    ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.
+    ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.  The
+    weights live on ``device`` (``"cuda"`` for the GPU benchmark).
     """
     weights = {}
     for layer in model.layers:
         for conv in _convs(layer):
-            weights[conv.name] = (_t(conv.weight), _t(conv.bias))
+            weights[conv.name] = (_t(conv.weight, device), _t(conv.bias, device))
         if isinstance(layer, znn.Linear):
-            weights[layer.name] = (_t(layer.weight), _t(layer.bias))
+            weights[layer.name] = (_t(layer.weight, device), _t(layer.bias, device))
 
     def relu(t):
         return F.relu(t) if rule is None else RuleReLU.apply(t, rule)
