@@ -372,3 +372,15 @@ def test_imagenette_subset_trains_if_present(shared_dir, tmp_path):
     summary = tr.fit()
     assert summary["status"] == "done" and summary["step"] == 2
     assert np.isfinite(summary["history"][0]["train_loss"])
+
+
+def test_evaluate_honours_bgr_weights():
+    rgb = tiny_net()
+    bgr = tiny_net()
+    bgr.layer("conv1").weight = rgb.layer("conv1").weight[:, ::-1].copy()  # the same filters, BGR-ordered
+    data = tiny_data(9, seed=3)
+    pre = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2], "scale": 1 / 255}
+    a = evaluate(rgb, data.images, data.labels, input_size=16, preprocess={**pre, "channel_order": "RGB"})
+    b = evaluate(bgr, data.images, data.labels, input_size=16,
+                 preprocess={**pre, "mean": pre["mean"][::-1], "channel_order": "BGR"})
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["correct"] == b["correct"]

@@ -268,7 +268,9 @@ def _even_subset(n: int, limit: int | None) -> np.ndarray:
 
 
 def _to_input(images, boxes, flips, input_size, config_norm):
-    x = crop_resize(images, boxes, input_size, flips)  # (B, 3, S, S), 0..255
+    x = crop_resize(images, boxes, input_size, flips)  # (B, 3, S, S), 0..255, RGB
+    if config_norm["channel_order"] == "BGR":  # Caffe-trained weights (evaluate() of foreign models)
+        x = x[:, ::-1]
     return normalize_batch(x, config_norm["mean"], config_norm["std"], config_norm["scale"])
 
 
@@ -287,7 +289,8 @@ def evaluate(model, images, labels, *, batch_size: int = 100, input_size: int | 
     input_size : int, optional
         Default: ``model.input_size[0]``.
     preprocess : dict, optional
-        ``mean``, ``std``, ``scale`` (default ImageNet's, on 0..1).
+        ``mean``, ``std``, ``scale``, ``channel_order`` (default ImageNet's RGB
+        mean/std on 0..1); ``model.config`` of loaded weights works.
 
     Returns
     -------
@@ -335,7 +338,7 @@ def evaluate(model, images, labels, *, batch_size: int = 100, input_size: int | 
 def _norm(preprocess: dict | None) -> dict:
     p = preprocess or {}
     return {"mean": tuple(p.get("mean", IMAGENET_MEAN)), "std": tuple(p.get("std", IMAGENET_STD)),
-            "scale": float(p.get("scale", 1.0 / 255.0))}
+            "scale": float(p.get("scale", 1.0 / 255.0)), "channel_order": str(p.get("channel_order", "RGB")).upper()}
 
 
 # ------------------------------------------------------------------- checkpoints
