@@ -474,7 +474,8 @@ class Trainer:
         self.xp = get_array_module(self.model.layers[0].params()["weight"])
         train_idx = _even_subset(len(train.labels), config.train_limit)
         # On a GPU the whole uint8 training set goes to device memory once (1.4 GB at 224).
-        self.images = to_device(np.ascontiguousarray(train.images[train_idx]), device)
+        whole = len(train_idx) == len(train.labels)  # no copy of a 1.4 GB array when all are used
+        self.images = to_device(np.ascontiguousarray(train.images if whole else train.images[train_idx]), device)
         self.labels = to_device(asnumpy(train.labels)[train_idx].astype(np.int64), device)
         self.n_train, self.src_size = len(train_idx), size
         if self.n_train < config.batch_size:
