@@ -198,6 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing units")
     p.add_argument("--rule", default="deconvnet", choices=("deconvnet", "backprop", "guided"))
+    p.add_argument("--tile", type=int, default=48, help="patch size in the figures, pixels (default 48)")
     p.add_argument("--no-gallery", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="mine only the first N files")
     p.set_defaults(func=run_top9_cmd)
@@ -245,7 +246,7 @@ def run_top9_cmd(args: argparse.Namespace) -> int:
     result = run_top9(model, args.images, args.out, layers=args.layers, k=args.k, units=args.units,
                       resume=args.resume, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                       weights_label=label, weights_digest=digest, rule=args.rule, gallery=not args.no_gallery,
-                      device=args.device, stop=args.limit)
+                      device=args.device, stop=args.limit, tile=args.tile)
     print(result.summary())
     return 0
 
