@@ -124,8 +124,10 @@ class Top9Result:
         layers = ", ".join(f"{n} ({t.channels} ch)" for n, t in self.state.layers.items())
         return (
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
-            f"{self.weights_label or 'the given weights'}: {text}. Mining took {self.seconds_mining:.1f} s "
-            f"({self.images_per_second:.1f} images/s), everything {self.seconds_total:.1f} s; "
+            f"{self.weights_label or 'the given weights'}: {text}. "
+            + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
+               if self.images_per_second > 0 else "Nothing was left to mine. ")
+            + f"everything {self.seconds_total:.1f} s; "
             f"peak memory {self.peak_rss_mining_mib:.0f} MiB while mining, {self.peak_rss_mib:.0f} MiB in all. Results: {self.out / 'top9.json'}; figures: "
             + (", ".join(str(p) for p in self.figures.values()) or "none")
             + (f"; gallery: {self.gallery}" if self.gallery else "")
