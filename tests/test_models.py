@@ -92,3 +92,10 @@ def test_whole_forward_matches_torch(torch, arch):
     for name in ["conv1", "conv2", "conv5", "pool5", "fc8"]:
         a, b = ours.activations[name], theirs[name].numpy()
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))
+
+
+def test_feature_layer_names():
+    assert zfnet().feature_layer_names() == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    names = build("squeezenet1_0").feature_layer_names()
+    assert names[0] == "conv1" and names[-1] == "conv_final"
+    assert [n for n in names if n.startswith("fire")] == [f"fire{i}" for i in range(2, 10)]

@@ -78,11 +78,17 @@ def demo_weights() -> tuple[str | None, str | None, str]:
     3. none: a randomly initialised ZFNet, which shows the machinery but not what a
        trained network sees.
     """
-    own = REPO / "weights" / "zfnet-imagenette.npz"
-    if own.is_file():
-        return str(own), "zfnet", "the ZFNet weights committed in weights/zfnet-imagenette.npz"
-    shared = REPO.parent / "shared" / "weights" / "squeezenet1_0" / "squeezenet1_0_deep_compression.npz"
-    if shared.is_file():
+    # A clone run in place has the package beside weights/; a pip-installed copy does
+    # not, so the working directory (the clone the README's command runs in) counts too.
+    roots = list(dict.fromkeys([REPO, Path.cwd()]))
+    for root in roots:
+        own = root / "weights" / "zfnet-imagenette.npz"
+        if own.is_file():
+            return str(own), "zfnet", f"the ZFNet weights committed in {own}"
+    for root in roots:
+        shared = root.parent / "shared" / "weights" / "squeezenet1_0" / "squeezenet1_0_deep_compression.npz"
+        if not shared.is_file():
+            continue
         try:
             from ..models import build
 
@@ -90,7 +96,7 @@ def demo_weights() -> tuple[str | None, str | None, str]:
             from ..weights import load  # noqa: F401
             return str(shared), "squeezenet1_0", "the shared SqueezeNet v1.0 ImageNet weights in ../shared"
         except Exception:  # noqa: BLE001 -- any failure means: not loadable in this build
-            pass
+            break
     return None, "zfnet", "NO trained weights (none committed yet): a randomly initialised ZFNet"
 
 

@@ -174,7 +174,7 @@ def run_top9(
     out : path
         Output folder.
     layers : list of str, optional
-        Layers to mine; default every conv layer (:meth:`Network.conv_layer_names`).
+        Layers to mine; default every feature layer (:meth:`Network.feature_layer_names`).
     k : int
         Top k per channel.
     units : int, "all" or list of int
@@ -215,7 +215,7 @@ def run_top9(
     out.mkdir(parents=True, exist_ok=True)
     folder = images if isinstance(images, ImageFolder) else ImageFolder(images)
     transform = transform or transform_for(model)
-    layers = list(layers) if layers else model.conv_layer_names()
+    layers = list(layers) if layers else model.feature_layer_names()
     if not layers:
         raise ConfigError(f"{model.arch}: no layers to mine (give --layers)")
     size = transform.config.input_size

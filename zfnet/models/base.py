@@ -55,10 +55,21 @@ class Network:
         return [n for layer in self.layers for n in layer.names()]
 
     def conv_layer_names(self) -> list[str]:
-        """Names of the convolutional feature layers a figure is drawn for."""
+        """Names of the top-level convolution layers (conv1 ... conv5 for ZFNet)."""
         from ..nn import Conv2d
 
         return [layer.name for layer in self.layers if isinstance(layer, Conv2d)]
+
+    def feature_layer_names(self) -> list[str]:
+        """The layers a figure is drawn for: every top-level convolution or block of them.
+
+        ZFNet and AlexNet: conv1 ... conv5.  SqueezeNet: conv1, fire2 ... fire9,
+        conv_final (a fire module counts as one layer, named by its concatenated output).
+        """
+        from ..nn import Conv2d
+
+        return [layer.name for layer in self.layers
+                if isinstance(layer, Conv2d) or (len(layer.names()) > 1 and layer.rf() is not None)]
 
     def layer(self, name: str) -> Layer:
         """The top-level layer that records activation ``name``."""
