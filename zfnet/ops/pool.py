@@ -278,8 +278,10 @@ def max_unpool2d(y, switches, output_size):
         raise ShapeError(f"max_unpool2d: switches point outside an output plane of size {(h, w)}")
     if xp is cupy and y.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_max_unpool2d (atomic adds)
         return _kernels.max_unpool2d(y, switches, (h, w))
-    x = xp.zeros((n * c, h * w), dtype=y.dtype)  # (N*C, H*W)
-    plane = xp.arange(n * c, dtype=xp.int64).reshape(n * c, 1)  # which (n, c) plane each row is
-    # add.at accumulates repeated indices (a plain fancy-index assignment would keep only one)
-    xp.add.at(x, (plane, switches.reshape(n * c, -1)), y.reshape(n * c, -1))
+    x = xp.zeros(n * c * h * w, dtype=y.dtype)  # the (n, c) planes of H*W values, one after another
+    start = xp.arange(n * c, dtype=xp.int64).reshape(n * c, 1) * (h * w)  # where each plane starts
+    flat = switches.reshape(n * c, -1) + start  # (N*C, H_out*W_out) indices into x
+    # add.at accumulates repeated indices (a plain fancy-index assignment would keep only one);
+    # with one flat index array it also takes NumPy's fast 1-D path
+    xp.add.at(x, flat.reshape(-1), y.reshape(-1))
     return x.reshape(n, c, h, w)
