@@ -80,6 +80,11 @@ def _inside(origin, n: int, size: int, xp):
     return (pos >= 0) & (pos < size)
 
 
+def _overhangs(oy, ox, window, size) -> bool:
+    """Whether any unit's window reaches past the ``size`` map (then positions must be masked)."""
+    return bool((oy < 0).any() or (ox < 0).any() or (oy + window[0] > size[0]).any() or (ox + window[1] > size[1]).any())
+
+
 def _conv_step(conv: Conv2d, win: _Window, trace: Trace, images, rule: str) -> _Window:
     """Rectify by ``rule``, then the transposed filters with no padding, then drop what left the map."""
     xp = get_array_module(win.sig)
@@ -91,13 +96,22 @@ def _conv_step(conv: Conv2d, win: _Window, trace: Trace, images, rule: str) -> _
             positive = _crop(trace.activations[conv.name], images, win.oy, win.ox, h, w) > 0
         sig = relu_rule(sig, positive, rule)
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    weight = conv.weight
+    if conv.groups == 1:
+        # Channels that are zero in every window add nothing: leave them out of the GEMM.
+        # (Near the top most are: a conv5 unit's signal is one channel.)
+        live = xp.flatnonzero(sig.reshape(u, sig.shape[1], -1).any(axis=(0, 2)))
+        if 2 * len(live) <= sig.shape[1]:
+            sig, weight = sig[:, live], weight[live]
     # padding 0: keep every position the filters reach; origin moves by the padding instead
-    sig = conv_transpose2d(sig, conv.weight, None, (sh, sw), 0, conv.groups)  # (U, C_in, (h-1)sH+kH, (w-1)sW+kW)
+    sig = conv_transpose2d(sig, weight, None, (sh, sw), 0, conv.groups)  # (U, C_in, (h-1)sH+kH, (w-1)sW+kW)
     oy, ox = win.oy * sh - ph, win.ox * sw - pw
     size = tuple(trace.caches[conv.name]["in_hw"])
-    keep = (_inside(oy, sig.shape[2], size[0], xp)[:, None, :, None]
-            & _inside(ox, sig.shape[3], size[1], xp)[:, None, None, :])  # (U, 1, h', w')
-    return _Window(sig * keep, oy, ox, size)
+    if _overhangs(oy, ox, sig.shape[2:], size):
+        keep = (_inside(oy, sig.shape[2], size[0], xp)[:, None, :, None]
+                & _inside(ox, sig.shape[3], size[1], xp)[:, None, None, :])  # (U, 1, h', w')
+        sig = sig * keep
+    return _Window(sig, oy, ox, size)
 
 
 def _unpool_step(pool: MaxPool2d, win: _Window, trace: Trace, images) -> _Window:
@@ -109,14 +123,15 @@ def _unpool_step(pool: MaxPool2d, win: _Window, trace: Trace, images) -> _Window
     oy, ox = win.oy * sh - ph, win.ox * sw - pw
     hi, wi = (h - 1) * sh + kh, (w - 1) * sw + kw
     switches = _crop(trace.switches[pool.name], images, win.oy, win.ox, h, w)  # (U, C, h, w) flat in (H, W)
-    rows = switches // size[1] - xp.asarray(oy).reshape(-1, 1, 1, 1)
-    cols = switches % size[1] - xp.asarray(ox).reshape(-1, 1, 1, 1)
-    local = rows * wi + cols  # flat index in the (hi, wi) window
-    # positions past the map hold no switch (the crop filled 0); their signal is 0, so any
-    # index inside the window will do
-    valid = (_inside(win.oy, h, win.size[0], xp)[:, None, :, None]
-             & _inside(win.ox, w, win.size[1], xp)[:, None, None, :])
-    local = xp.where(valid, local, 0)
+    rows = switches // size[1]
+    # local flat index (row - oy) * wi + (col - ox), with col = switch - row * W
+    local = switches - rows * (size[1] - wi) - xp.asarray(oy * wi + ox).reshape(-1, 1, 1, 1)
+    if _overhangs(win.oy, win.ox, (h, w), win.size):
+        # positions past the map hold no switch (the crop filled 0); their signal is 0, so
+        # any index inside the window will do
+        valid = (_inside(win.oy, h, win.size[0], xp)[:, None, :, None]
+                 & _inside(win.ox, w, win.size[1], xp)[:, None, None, :])
+        local = xp.where(valid, local, 0)
     return _Window(max_unpool2d(win.sig, local, (hi, wi)), oy, ox, size)
 
 
