@@ -162,3 +162,33 @@ def test_fast_conv_float32_and_views():
     g = rng.standard_normal(y.shape).astype(np.float32)
     xt = ops.conv_transpose2d(g, w, None, 2, 1, output_size=x.shape)
     assert xt.dtype == np.float32 and xt.shape == x.shape
+
+
+# --- threads -------------------------------------------------------------------------
+
+
+def test_parallel_range_covers_every_item_once_and_raises():
+    from zfnet.ops._parallel import parallel_range
+
+    seen = np.zeros(1000, int)
+
+    def mark(lo, hi):
+        seen[lo:hi] += 1
+
+    parallel_range(1000, mark)
+    assert (seen == 1).all()
+    parallel_range(0, mark)  # nothing to do
+    with pytest.raises(ValueError, match="boom"):
+        parallel_range(10, lambda lo, hi: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def test_threaded_relu_equals_maximum():
+    rng = np.random.default_rng(5)
+    for shape in [(1, 9, 128, 130), (3, 4, 100, 200)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[0, 0, 0, :3] = [np.nan, -0.0, np.inf]
+        view = np.concatenate([x, x], axis=3)[..., ::2]  # same values, strided
+        for a in (x, view):
+            y = ops.relu(a)
+            np.testing.assert_array_equal(y, np.maximum(a, 0))
+            assert y.dtype == a.dtype and y.shape == a.shape

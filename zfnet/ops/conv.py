@@ -198,18 +198,32 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size):
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (ho, wo), k = out_size, cg * kh * kw
+    dtype = np.result_type(x, w)
     _, wq = phase_geometry(out_size, (kh, kw), stride)
-    if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
+    one_by_one = (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0)
+    if one_by_one:
         wq = wo  # 1x1: the columns are the input itself
     wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
-    y = np.empty((n, groups, o // groups, ho * wq), dtype=np.result_type(x, w))  # (N, G, O_g, H_out*Wq)
+    # The bias rides in the GEMM: a row of ones under the columns, the bias as its weight
+    # (one more of K rows instead of a pass over the whole output).
+    fold = b is not None and groups == 1 and not one_by_one
+    if fold:
+        wmat = np.concatenate([wmat, b.reshape(1, o, 1).astype(wmat.dtype)], axis=2)  # (1, C_out, K+1)
+    y = np.empty((n, groups, o // groups, ho * wq), dtype=dtype)  # (N, G, O_g, H_out*Wq)
     step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * ho * wq * x.itemsize))
     for n0 in range(0, n, step):
-        cols, _ = im2col_phases(x[n0 : n0 + step], (kh, kw), stride, padding)  # (n, C, kH, kW, H_out*Wq)
-        cols = cols.reshape(-1, groups, k, ho * wq)  # (n, G, C_g*kH*kW, H_out*Wq)
+        xc = x[n0 : n0 + step]
+        if fold:
+            cols = np.empty((len(xc), k + 1, ho * wq), dtype=x.dtype)  # (n, K+1, H_out*Wq)
+            im2col_phases(xc, (kh, kw), stride, padding, out=cols[:, :k].reshape(len(xc), c, kh, kw, ho * wq))
+            cols[:, k] = 1
+            cols = cols.reshape(-1, 1, k + 1, ho * wq)  # (n, 1, K+1, H_out*Wq)
+        else:
+            cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (n, C, kH, kW, H_out*Wq)
+            cols = cols.reshape(-1, groups, k, ho * wq)  # (n, G, C_g*kH*kW, H_out*Wq)
         np.matmul(wmat, cols, out=y[n0 : n0 + step])
     y = y.reshape(n, o, ho, wq)  # (N, C_out, H_out, Wq)
-    if b is not None:
+    if b is not None and not fold:
         y += b.reshape(1, o, 1, 1)
     return y[..., :wo]  # drop the wrap-around columns
 

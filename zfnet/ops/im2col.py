@@ -16,7 +16,10 @@ copy is a vectorised array operation.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
+from ._parallel import parallel_range
 from ._shape import conv_out_size
 
 __all__ = ["im2col", "col2im"]
@@ -175,7 +178,7 @@ def merge_phase(x, phase, a: int, b: int, stride, padding) -> None:
         x[..., i0 : i0 + (r1 - r0 - 1) * sh + 1 : sh, j0 : j0 + (q1 - q0 - 1) * sw + 1 : sw] = phase[..., r0:r1, q0:q1]
 
 
-def im2col_phases(x, kernel_size, stride, padding):
+def im2col_phases(x, kernel_size, stride, padding, out=None):
     """Convolution columns in the flat-shift layout (fast NumPy path of :func:`im2col`).
 
     ``cols[n, c, i, j, oh*Wq + ow] = x_pad[n, c, oh*sH + i, ow*sW + j]`` for
@@ -185,6 +188,8 @@ def im2col_phases(x, kernel_size, stride, padding):
     ----------
     x : array, shape (N, C, H, W)
     kernel_size, stride, padding : pairs of int
+    out : array, shape (N, C, kH, kW, H_out*Wq), optional
+        Where to write the columns (e.g. a view into a larger GEMM operand).
 
     Returns
     -------
@@ -202,7 +207,7 @@ def im2col_phases(x, kernel_size, stride, padding):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     ho, wo = conv_out_size(h, kh, sh, ph), conv_out_size(w, kw, sw, pw)
-    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0):
+    if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and out is None:
         return x.reshape(n, c, 1, 1, h * w), w  # a 1x1 convolution reads the input as it is
     hq, wq = phase_geometry((ho, wo), (kh, kw), (sh, sw))
     na, nb = min(sh, kh), min(sw, kw)  # phases that some kernel offset reads
@@ -212,11 +217,18 @@ def im2col_phases(x, kernel_size, stride, padding):
             split_phase(phases[:, :, a, b], x, a, b, (sh, sw), (ph, pw))
     flat = phases.reshape(n, c, na, nb, hq * wq)  # (N, C, A, B, Hq*Wq)
     length = ho * wq
-    cols = xp.empty((n, c, kh, kw, length), dtype=x.dtype)  # (N, C, kH, kW, H_out*Wq)
-    for i in range(kh):
-        for j in range(kw):
+    cols = xp.empty((n, c, kh, kw, length), dtype=x.dtype) if out is None else out  # (N, C, kH, kW, H_out*Wq)
+
+    def copy(lo, hi):  # kernel offsets t = i*kW + j in [lo, hi)
+        for t in range(lo, hi):
+            i, j = divmod(t, kw)
             d = (i // sh) * wq + j // sw  # the same flat shift for every output position
             cols[:, :, i, j] = flat[:, :, i % sh, j % sw, d : d + length]
+
+    if xp is np:  # NumPy copies on one core: share the offsets out among threads
+        parallel_range(kh * kw, copy, min_items=max(1, (1 << 15) // max(1, n * c * length)))
+    else:
+        copy(0, kh * kw)
     return cols, wq
 
 

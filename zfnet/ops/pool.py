@@ -20,6 +20,7 @@ from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from ._shape import pair, pool_out_size
 from . import _kernels
+from ._parallel import parallel_range
 from .im2col import split_phase
 
 __all__ = ["max_pool2d", "max_unpool2d"]
@@ -142,7 +143,8 @@ def _max_pool2d_windows(x, kernel_size, stride, padding, out_size):
 # 3. Branch-free index tracking: offsets are visited in increasing order, so "take
 #    offset v where the candidate wins" equals max(offset, wins * v).
 #
-# Work goes in chunks of planes (about _CHUNK_BYTES of input) to stay in cache.
+# Work goes in chunks of planes (about _CHUNK_BYTES of input) to stay in cache, and the
+# planes are shared out among CPU threads (zfnet.ops._parallel).
 
 _CHUNK_BYTES = 1 << 21
 
@@ -225,10 +227,15 @@ def _max_pool2d_polyphase(x, kernel_size, stride, padding, out_size):
     # flat index of each window's top-left corner in the unpadded plane (it may be negative)
     corner = (np.arange(ho)[:, None] * sh - ph) * w + np.arange(wo) * sw - pw  # (H_out, W_out)
     step = max(1, _CHUNK_BYTES // (h * w * x.itemsize))
-    for p0 in range(0, n * c, step):
-        yc, offc = _max_pool2d_chunk(planes[p0 : p0 + step], (kh, kw), (sh, sw), (ph, pw), (ho, wo))
-        y[p0 : p0 + step] = yc
-        np.add(offc, corner, out=switches[p0 : p0 + step])  # switch = corner + u * W + v
+
+    def work(lo, hi):  # planes [lo, hi), a chunk at a time
+        for p0 in range(lo, hi, step):
+            p1 = min(p0 + step, hi)
+            yc, offc = _max_pool2d_chunk(planes[p0:p1], (kh, kw), (sh, sw), (ph, pw), (ho, wo))
+            y[p0:p1] = yc
+            np.add(offc, corner, out=switches[p0:p1])  # switch = corner + u * W + v
+
+    parallel_range(n * c, work, min_items=max(1, (1 << 16) // (h * w)))  # threads take disjoint planes
     if np.isnan(y).any():
         return None, None
     return y.reshape(n, c, ho, wo), switches.reshape(n, c, ho, wo)

@@ -1,0 +1,68 @@
+"""Split an op's independent work across CPU threads.
+
+BLAS already runs the GEMMs on every core; the rest of a forward pass (max-pooling,
+LRN, rectification, building convolution columns) is NumPy elementwise work that runs
+on one core unless we split it.  NumPy releases the GIL inside its loops, so plain
+threads working on disjoint slices of the same arrays run in parallel.
+
+The number of threads is ``ZFNET_NUM_THREADS``, else ``OMP_NUM_THREADS`` (the variable
+BLAS libraries read), else the number of cores this process may use.  Set it to 1 to
+run everything on the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+__all__ = ["num_threads", "parallel_range"]
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def num_threads() -> int:
+    """Threads the ops may use (see the module docstring)."""
+    for var in ("ZFNET_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet")
+            _pool_size = workers
+        return _pool
+
+
+def parallel_range(n: int, fn: Callable[[int, int], None], min_items: int = 1) -> None:
+    """Call ``fn(lo, hi)`` on contiguous parts of ``range(n)``, one part per thread.
+
+    Parts have at least ``min_items`` items (so small jobs stay on one thread).  The
+    calling thread does the first part itself; the call returns when every part is
+    done, and re-raises the first exception.  ``fn`` must only write where no other
+    part writes.
+    """
+    parts = min(num_threads(), n // max(1, min_items))
+    if parts <= 1 or threading.current_thread().name.startswith("zfnet"):  # no nesting
+        if n > 0:
+            fn(0, n)
+        return
+    bounds = [n * i // parts for i in range(parts + 1)]
+    pool = _executor(parts - 1)
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
