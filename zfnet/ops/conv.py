@@ -194,33 +194,39 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size):
     Same GEMM as the readable path, ``(G, O_g, C_g*kH*kW) @ (N, G, C_g*kH*kW, H_out*Wq)``,
     run on chunks of images so that each chunk's columns stay in cache.  Returns a
     (N, C_out, H_out, W_out) view of a (N, C_out, H_out, Wq) buffer.
+
+    Two cases use other columns: a 1x1 stride-1 convolution multiplies the input
+    itself, and on small maps (13 wide with 3x3 kernels the wrap-around columns would
+    add 15% to the GEMM) the compact columns of the readable :func:`im2col` are cheaper.
     """
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (ho, wo), k = out_size, cg * kh * kw
-    dtype = np.result_type(x, w)
     _, wq = phase_geometry(out_size, (kh, kw), stride)
     one_by_one = (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0)
-    if one_by_one:
-        wq = wo  # 1x1: the columns are the input itself
+    compact = not one_by_one and wq - wo > 0.1 * wo
+    if one_by_one or compact:
+        wq = wo  # no wrap-around columns
     wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
     # The bias rides in the GEMM: a row of ones under the columns, the bias as its weight
     # (one more of K rows instead of a pass over the whole output).
-    fold = b is not None and groups == 1 and not one_by_one
+    fold = b is not None and groups == 1 and not (one_by_one or compact)
     if fold:
         wmat = np.concatenate([wmat, b.reshape(1, o, 1).astype(wmat.dtype)], axis=2)  # (1, C_out, K+1)
-    y = np.empty((n, groups, o // groups, ho * wq), dtype=dtype)  # (N, G, O_g, H_out*Wq)
+    y = np.empty((n, groups, o // groups, ho * wq), dtype=np.result_type(x, w))  # (N, G, O_g, H_out*Wq)
     step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * ho * wq * x.itemsize))
     for n0 in range(0, n, step):
         xc = x[n0 : n0 + step]
+        m = len(xc)
         if fold:
-            cols = np.empty((len(xc), k + 1, ho * wq), dtype=x.dtype)  # (n, K+1, H_out*Wq)
-            im2col_phases(xc, (kh, kw), stride, padding, out=cols[:, :k].reshape(len(xc), c, kh, kw, ho * wq))
+            cols = np.empty((m, k + 1, ho * wq), dtype=x.dtype)  # (m, K+1, H_out*Wq)
+            im2col_phases(xc, (kh, kw), stride, padding, out=cols[:, :k].reshape(m, c, kh, kw, ho * wq))
             cols[:, k] = 1
-            cols = cols.reshape(-1, 1, k + 1, ho * wq)  # (n, 1, K+1, H_out*Wq)
+        elif compact:
+            cols = im2col(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out, W_out)
         else:
-            cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (n, C, kH, kW, H_out*Wq)
-            cols = cols.reshape(-1, groups, k, ho * wq)  # (n, G, C_g*kH*kW, H_out*Wq)
+            cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out*Wq)
+        cols = cols.reshape(m, groups, -1, ho * wq)  # (m, G, C_g*kH*kW (+1), H_out*Wq)
         np.matmul(wmat, cols, out=y[n0 : n0 + step])
     y = y.reshape(n, o, ho, wq)  # (N, C_out, H_out, Wq)
     if b is not None and not fold:
