@@ -10,6 +10,7 @@ Each measurement runs in its own process, so that its peak resident memory
 
     python -m benchmarks.mining --images 3925 --mode forward
     python -m benchmarks.mining --images 3925 --mode mine
+    python -m benchmarks.mining --report --images 3925 --threads 1 --out benchmarks/RESULTS.md
 
 prints one JSON line; :func:`mining_report` runs forward / mine over N images and
 mine over 1,000 and writes the markdown section of RESULTS.md.  The data is read
@@ -117,9 +118,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--report", action="store_true", help="run all four measurements and print the markdown")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", default=None, help="with --report: append the markdown to this file")
     args = p.parse_args(argv)
     if args.report:
-        print(mining_report(args.images, args.threads, args.batch))
+        text = mining_report(args.images, args.threads, args.batch)
+        print(text)
+        if args.out:
+            path = Path(args.out)
+            old = path.read_text().rstrip("\n") + "\n\n" if path.exists() else ""
+            path.write_text(old + text + "\n")
     else:
         print(json.dumps(measure(args.images, args.mode, args.batch)))
     return 0

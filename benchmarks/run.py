@@ -291,18 +291,19 @@ def run_cases(cases: list[Case], reps: int) -> list[dict]:
 
 
 def write_results(path: Path, env: dict, quiet: dict, rows: list[dict], args, mining: str | None) -> None:
-    lines = ["# Benchmark results", "",
-             f"Written by `python -m benchmarks` on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-             f" ({'quick' if args.quick else 'full'} run, {args.reps} repetitions after 1 warm-up, interleaved).", "",
-             "## Machine", ""]
+    lines = [] if args.append else ["# Benchmark results", ""]
+    lines += [f"## Run with {THREADS} thread{'s' if THREADS > 1 else ''}", "",
+              f"Written by `python -m benchmarks --threads {THREADS}` on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+              f" ({'quick' if args.quick else 'full'} run, {args.reps} repetitions after 1 warm-up, interleaved).", "",
+              "### Machine", ""]
     lines += [f"- {k}: {v}" for k, v in env.items()]
-    lines += ["", "## Quiet-machine check", "",
+    lines += ["", "### Quiet-machine check", "",
               "A 1024x1024x1024 float32 GEMM in NumPy, 7 times, before and after the run (GFLOP/s, median "
               "(slowest-fastest)), and the load average (1, 5, 15 min).  A wide spread or a drop after means other "
               "work competed for the cores and the ratios below are noisier.", "",
               f"- before: {quiet['before']} GFLOP/s, load {quiet['load_before']}",
               f"- after: {quiet['after']} GFLOP/s, load {quiet['load_after']}", ""]
-    lines += ["## Results", "",
+    lines += ["### Results", "",
               "Times in ms, median (min-max).  Ratio = zfnet / torch (below 1: zfnet faster).", "",
               "| group | case | batch | zfnet ms | torch ms | ratio | target | met |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -321,7 +322,10 @@ def write_results(path: Path, env: dict, quiet: dict, rows: list[dict], args, mi
     lines += [f"- {r['case'].name} (batch {r['case'].batch}): {r.get('checked', r.get('error'))}" for r in rows]
     if mining:
         lines += ["", mining]
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if args.append and path.exists():
+        text = path.read_text().rstrip("\n") + "\n\n" + text
+    path.write_text(text)
 
 
 def main(argv=None) -> int:
@@ -333,6 +337,7 @@ def main(argv=None) -> int:
     p.add_argument("--mining", type=int, default=0, metavar="N",
                    help="also run the mining target over the first N Imagenette val images (slow)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    p.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
     args = p.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 7)
     big = 8 if args.quick else 32
