@@ -37,7 +37,14 @@ from zfnet.ops import (
 
 
 def directional_check(f, a, grad, rng, n_dirs=3, eps=1e-6, rtol=1e-6, atol=1e-9):
-    """Assert ``<grad, v>`` equals the central difference of scalar ``f`` along ``v``."""
+    """Assert ``<grad, v>`` equals the central difference of scalar ``f`` along ``v``.
+
+    The difference quotient carries a rounding error of about ``1e-16 |f| / eps`` (two
+    values of size ``|f|`` subtracted, divided by ``eps``), so the absolute tolerance
+    grows with ``|f(a)|``: with eps = 1e-6 that is ~1e-10 |f|, and 1e-8 |f| is a safe
+    bound that still catches any wrong gradient (which is off by O(|<grad, v>|)).
+    """
+    atol = max(atol, 1e-8 * abs(float(f(a))))
     for _ in range(n_dirs):
         v = rng.standard_normal(a.shape)
         fd = (f(a + eps * v) - f(a - eps * v)) / (2 * eps)
