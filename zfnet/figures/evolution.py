@@ -205,13 +205,20 @@ def evolution_figure(
 
 
 def text_panel(text: str, width: int, height: int, size: int = 11) -> np.ndarray:
-    """A ``(height, width, 3)`` page-coloured panel with ``text`` at its top left (cut to fit)."""
+    """A ``(height, width, 3)`` page-coloured panel with ``text`` at its top left.
+
+    The font shrinks (down to 7 px) until the text fits the width; past that it is cut.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     pic = Image.new("RGB", (width, height), PAGE)
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # pragma: no cover - Pillow < 10.1
-        font = ImageFont.load_default()
+    for s in range(size, 6, -1):
+        try:
+            font = ImageFont.load_default(size=s)
+        except TypeError:  # pragma: no cover - Pillow < 10.1: one bitmap size
+            font = ImageFont.load_default()
+            break
+        if font.getlength(text) <= width - 3:
+            break
     ImageDraw.Draw(pic).text((2, 1), text, fill=(20, 20, 20), font=font)
     return np.asarray(pic)
