@@ -192,3 +192,27 @@ def test_threaded_relu_equals_maximum():
             y = ops.relu(a)
             np.testing.assert_array_equal(y, np.maximum(a, 0))
             assert y.dtype == a.dtype and y.shape == a.shape
+
+
+def test_parallel_range_after_fork():
+    """A forked child must not wait on the parent's (absent) pool threads."""
+    import multiprocessing as mp
+
+    from zfnet.ops._parallel import parallel_range
+
+    parallel_range(4, lambda lo, hi: None)  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_child_sum).get(timeout=60) == 45
+
+
+def _child_sum():
+    from zfnet.ops._parallel import parallel_range
+
+    out = np.zeros(10, int)
+
+    def fill(lo, hi):
+        out[lo:hi] = np.arange(lo, hi)
+
+    parallel_range(10, fill)
+    return int(out.sum())

@@ -22,6 +22,7 @@ __all__ = ["num_threads", "parallel_range"]
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+_pool_pid = 0  # a forked child inherits the pool object but not its threads: make a new one
 
 
 def num_threads() -> int:
@@ -37,11 +38,11 @@ def num_threads() -> int:
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     with _lock:
-        if _pool is None or _pool_size < workers:
+        if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet")
-            _pool_size = workers
+            _pool_size, _pool_pid = workers, os.getpid()
         return _pool
 
 
