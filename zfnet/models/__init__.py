@@ -2,9 +2,10 @@
 
 from .alexnet import ALEXNET_VARIANTS, alexnet
 from .base import Network
+from .squeezenet import squeezenet1_0
 from .zfnet import zfnet
 
-__all__ = ["Network", "zfnet", "alexnet", "ALEXNET_VARIANTS", "build", "ARCHITECTURES"]
+__all__ = ["Network", "zfnet", "alexnet", "squeezenet1_0", "ALEXNET_VARIANTS", "build", "ARCHITECTURES"]
 
 ARCHITECTURES = ("zfnet", "alexnet", "alexnet-torchvision", "squeezenet1_0")
 
@@ -20,9 +21,5 @@ def build(arch: str, **kwargs) -> Network:
     if arch == "alexnet-torchvision":
         return alexnet("torchvision", **kwargs)
     if arch == "squeezenet1_0":
-        try:
-            from .squeezenet import squeezenet1_0
-        except ImportError as e:  # pragma: no cover - until the weights issue lands
-            raise ConfigError("squeezenet1_0 is not available in this build") from e
         return squeezenet1_0(**kwargs)
     raise ConfigError(f"unknown architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
