@@ -95,7 +95,7 @@ def _conv_step(conv: Conv2d, win: _Window, trace: Trace, images, rule: str) -> _
         if rule != "deconvnet":  # the deconvnet rule ignores the forward pass
             positive = _crop(trace.activations[conv.name], images, win.oy, win.ox, h, w) > 0
         sig = relu_rule(sig, positive, rule)
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
     weight = conv.weight
     if conv.groups == 1:
         # Channels that are zero in every window add nothing: leave them out of the GEMM.
