@@ -266,13 +266,20 @@ def col2im_phases(cols, input_size, kernel_size, stride, padding, wq: int):
     hq, _ = phase_geometry((ho, wo), (kh, kw), (sh, sw))
     na, nb = min(sh, kh), min(sw, kw)
     flat = xp.zeros((n, c, na, nb, hq * wq), dtype=cols.dtype)  # (N, C, A, B, Hq*Wq)
-    for i in range(kh):
-        for j in range(kw):
-            d = (i // sh) * wq + j // sw
-            flat[:, :, i % sh, j % sw, d : d + length] += cols[:, :, i, j]
     phases = flat.reshape(n, c, na, nb, hq, wq)  # (N, C, A, B, Hq, Wq)
     x = xp.zeros((n, c, h, w), dtype=cols.dtype)  # rows/columns no window reads stay zero
-    for a in range(na):
-        for b in range(nb):
-            merge_phase(x, phases[:, :, a, b], a, b, (sh, sw), (ph, pw))
+
+    def add_back(lo, hi):  # channels [lo, hi): offsets overlap in space, never across channels
+        for i in range(kh):
+            for j in range(kw):
+                d = (i // sh) * wq + j // sw
+                flat[:, lo:hi, i % sh, j % sw, d : d + length] += cols[:, lo:hi, i, j]
+        for a in range(na):
+            for b in range(nb):
+                merge_phase(x[:, lo:hi], phases[:, lo:hi, a, b], a, b, (sh, sw), (ph, pw))
+
+    if xp is np:  # NumPy adds on one core: share the channels out among threads
+        parallel_range(c, add_back, min_items=max(1, (1 << 15) // max(1, n * kh * kw * length)))
+    else:
+        add_back(0, c)
     return x

@@ -290,5 +290,9 @@ def max_unpool2d(y, switches, output_size):
     flat = switches.reshape(n * c, -1) + start  # (N*C, H_out*W_out) indices into x
     # add.at accumulates repeated indices (a plain fancy-index assignment would keep only one);
     # with one flat index array it also takes NumPy's fast 1-D path
-    xp.add.at(x, flat.reshape(-1), y.reshape(-1))
+    if xp is np and y.size >= 1 << 16:  # planes are disjoint: share them out among CPU threads
+        flat, yr, per = flat.reshape(-1), y.reshape(-1), y.size // (n * c)
+        parallel_range(n * c, lambda lo, hi: np.add.at(x, flat[lo * per : hi * per], yr[lo * per : hi * per]))
+    else:
+        xp.add.at(x, flat.reshape(-1), y.reshape(-1))
     return x.reshape(n, c, h, w)
