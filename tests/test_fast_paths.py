@@ -221,7 +221,7 @@ def _child_sum():
 def test_threaded_paths_on_big_shapes():
     """Shapes big enough for the threaded branches: unpooling, col2im, im2col, pooling."""
     rng = np.random.default_rng(6)
-    x = np.maximum(rng.standard_normal((2, 40, 55, 55)), 0)  # many ties at 0
+    x = np.maximum(rng.standard_normal((2, 48, 55, 55)), 0)  # many ties at 0; 2*48*27*27 > 2**16 pooled
     y, sw = ops.max_pool2d(x, 3, 2, 0, True)
     yr, swr = pool_mod._max_pool2d_windows(x, (3, 3), (2, 2), (0, 0), y.shape[2:])
     np.testing.assert_array_equal(y, yr)
@@ -229,9 +229,9 @@ def test_threaded_paths_on_big_shapes():
     g = rng.standard_normal(y.shape)
     up = ops.max_unpool2d(g, sw, x.shape)
     want = np.zeros(x.size)
-    np.add.at(want, (sw.reshape(80, -1) + np.arange(80)[:, None] * 55 * 55).ravel(), g.ravel())
+    np.add.at(want, (sw.reshape(96, -1) + np.arange(96)[:, None] * 55 * 55).ravel(), g.ravel())
     np.testing.assert_allclose(up.ravel(), want, rtol=0, atol=1e-12)
-    w = rng.standard_normal((24, 40, 5, 5))
+    w = rng.standard_normal((24, 48, 5, 5))
     yc = ops.conv2d(x, w, None, 2, 1)
     np.testing.assert_allclose(yc, readable_conv2d(x, w, None, (2, 2), (1, 1), 1), rtol=1e-10, atol=1e-9)
     gc = rng.standard_normal(yc.shape)
