@@ -42,12 +42,16 @@ class Timing:
         return f"{self.median * 1e3:.1f} ({self.lo * 1e3:.1f}-{self.hi * 1e3:.1f})"
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1) -> dict[str, Timing]:
+def interleaved(contenders: dict[str, Callable[[], object]], reps: int = 5, warmup: int = 1,
+                gap: float = 0.25) -> dict[str, Timing]:
     """Time every contender ``reps`` times, alternating between them.
 
     Repetition ``r`` runs the contenders in an order rotated by ``r``, so neither
     side is always first after a pause.  ``warmup`` untimed calls each come first
-    (allocator, caches, lazy initialisation).
+    (allocator, caches, lazy initialisation).  Before each timed call the process
+    sleeps ``gap`` seconds: BLAS and OpenMP worker threads keep spinning for a while
+    after a call (OpenBLAS about 0.1 s), and without the pause one library's idle
+    spinning would steal a core from the other's timed run.
     """
     names = list(contenders)
     for _ in range(warmup):
@@ -57,6 +61,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], reps: int = 5, warm
     for r in range(reps):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            time.sleep(gap)
             t0 = time.perf_counter()
             contenders[name]()
             out[name].samples.append(time.perf_counter() - t0)

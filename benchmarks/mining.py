@@ -93,7 +93,7 @@ def mining_report(images: int, threads: int, batch: int = 32) -> str:
     ratio_small = mine_small["seconds"] / fwd_small["seconds"]
     lines = [
         "## Mining (top 9 of every channel of conv1..conv5, ZFNet, Imagenette val)", "",
-        f"Each row is its own process (peak RSS is that process's); batch {batch}, {threads} threads, images decoded "
+        f"Each row is its own process (peak RSS is that process's); batch {batch}, {threads} thread(s), images decoded "
         "on the calling thread.", "",
         "| run | images | seconds | of which loading | CPU seconds | peak RSS MiB |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",

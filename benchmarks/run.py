@@ -304,7 +304,9 @@ def write_results(path: Path, env: dict, quiet: dict, rows: list[dict], args, mi
               f"- before: {quiet['before']} GFLOP/s, load {quiet['load_before']}",
               f"- after: {quiet['after']} GFLOP/s, load {quiet['load_after']}", ""]
     lines += ["### Results", "",
-              "Times in ms, median (min-max).  Ratio = zfnet / torch (below 1: zfnet faster).", "",
+              "Times in ms, median (min-max).  Ratio = zfnet / torch (below 1: zfnet faster).  Each timed call "
+              "follows a 0.25 s pause, so that neither library's idle BLAS/OpenMP threads spin during the other's "
+              "call.", "",
               "| group | case | batch | zfnet ms | torch ms | ratio | target | met |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:

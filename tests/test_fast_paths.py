@@ -221,7 +221,7 @@ def _child_sum():
 def test_threaded_paths_on_big_shapes():
     """Shapes big enough for the threaded branches: unpooling, col2im, im2col, pooling."""
     rng = np.random.default_rng(6)
-    x = np.maximum(rng.standard_normal((2, 48, 55, 55)), 0)  # many ties at 0; 2*48*27*27 > 2**16 pooled
+    x = np.maximum(rng.standard_normal((1, 96, 110, 110)), 0)  # ZFNet's pool1 input; many ties at 0
     y, sw = ops.max_pool2d(x, 3, 2, 0, True)
     yr, swr = pool_mod._max_pool2d_windows(x, (3, 3), (2, 2), (0, 0), y.shape[2:])
     np.testing.assert_array_equal(y, yr)
@@ -229,11 +229,28 @@ def test_threaded_paths_on_big_shapes():
     g = rng.standard_normal(y.shape)
     up = ops.max_unpool2d(g, sw, x.shape)
     want = np.zeros(x.size)
-    np.add.at(want, (sw.reshape(96, -1) + np.arange(96)[:, None] * 55 * 55).ravel(), g.ravel())
+    np.add.at(want, (sw.reshape(96, -1) + np.arange(96)[:, None] * 110 * 110).ravel(), g.ravel())
     np.testing.assert_allclose(up.ravel(), want, rtol=0, atol=1e-12)
+    x = rng.standard_normal((2, 48, 55, 55))
     w = rng.standard_normal((24, 48, 5, 5))
     yc = ops.conv2d(x, w, None, 2, 1)
     np.testing.assert_allclose(yc, readable_conv2d(x, w, None, (2, 2), (1, 1), 1), rtol=1e-10, atol=1e-9)
     gc = rng.standard_normal(yc.shape)
     np.testing.assert_allclose(ops.conv_transpose2d(gc, w, None, 2, 1, output_size=x.shape),
                                readable_conv_transpose2d(gc, w, (2, 2), (1, 1), 1, x.shape[2:]), rtol=1e-10, atol=1e-9)
+
+
+def test_relu_of_trimmed_views():
+    """ReLU of a view that drops the last columns of a buffer (a conv output) and of other views."""
+    from zfnet.ops.activation import _trimmed_base
+
+    rng = np.random.default_rng(7)
+    y = ops.conv2d(rng.standard_normal((2, 3, 100, 100)).astype(np.float32),
+                   rng.standard_normal((8, 3, 7, 7)).astype(np.float32), None, 2, 1)
+    assert _trimmed_base(y) is not None  # the conv's wrap-around columns are trimmed off a buffer
+    a = rng.standard_normal((4, 5, 60, 70)).astype(np.float32)
+    for v in (y, a[..., :60], a[..., 5:], a[..., ::2], a[:2], a.transpose(0, 1, 3, 2)[..., :50], a[..., :30],
+              a[:, :3, :, :60], a[:1, :, :, :64]):
+        r = ops.relu(v)
+        np.testing.assert_array_equal(r, np.maximum(v, 0))
+        assert r.shape == v.shape

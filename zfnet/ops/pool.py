@@ -235,7 +235,7 @@ def _max_pool2d_polyphase(x, kernel_size, stride, padding, out_size):
             y[p0:p1] = yc
             np.add(offc, corner, out=switches[p0:p1])  # switch = corner + u * W + v
 
-    parallel_range(n * c, work, min_items=max(1, (1 << 16) // (h * w)))  # threads take disjoint planes
+    parallel_range(n * c, work, min_items=max(1, (1 << 18) // (h * w)))  # threads take disjoint planes
     if np.isnan(y).any():
         return None, None
     return y.reshape(n, c, ho, wo), switches.reshape(n, c, ho, wo)
