@@ -124,7 +124,7 @@ def test_crops_place_into_the_full_projection(zf_trace):
         canvas = np.zeros((3, 224 + 2 * 139, 224 + 2 * 139), np.float32)
         canvas[:, y + 139 : y + 278, x + 139 : x + 278] = crops[u]
         np.testing.assert_array_equal(canvas[:, 139:-139, 139:-139], full[u])
-        assert canvas.sum() == pytest.approx(full[u].sum(), abs=1e-5 * np.abs(full[u]).sum())
+        assert canvas.sum() == pytest.approx(full[u].sum(), abs=float(1e-5 * np.abs(full[u]).sum()))
 
 
 def test_window_sizes_zfnet():
@@ -142,3 +142,21 @@ def test_unsupported_layers_and_bad_units(zf_trace):
         project_units_windowed(net, trace, "conv5", [[0, 1, 13, 0]])
     with pytest.raises(ShapeError):
         project_units_windowed(net, trace, "conv5", [[2, 1, 0, 0]])
+
+
+def test_project_units_windowed_flag(zf_trace):
+    """``project_units(..., windowed=True)`` is the windowed pass on spatial layers and the
+    dense pass where no windowed step exists (fully connected layers)."""
+    net, trace = zf_trace
+    act = trace.activations["conv4"]
+    units = np.array([[0, int(act[0, :, 5, 6].argmax()), 5, 6], [1, int(act[1, :, 0, 12].argmax()), 0, 12]])
+    dense = project_units(net, trace, "conv4", units)
+    flagged = project_units(net, trace, "conv4", units, windowed=True)
+    np.testing.assert_array_equal(flagged, project_units_windowed(net, trace, "conv4", units))
+    np.testing.assert_allclose(flagged, dense, rtol=0, atol=1e-5 * np.abs(dense).max())
+    # fc6 has no windowed step: the flag falls back to the dense projection, same result
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    full = net.forward(x, upto="fc6")
+    unit = [[0, int(full.activations["fc6"][0].argmax()), 0, 0]]
+    np.testing.assert_array_equal(project_units(net, full, "fc6", unit, windowed=True),
+                                  project_units(net, full, "fc6", unit))

@@ -227,8 +227,8 @@ def unit_views(
     """Patches and projections of mined units (records from :meth:`TopK.records`).
 
     Units are grouped by image and projected ``chunk`` at a time, each with its own
-    image's switches (:func:`~zfnet.deconvnet.project_units`), after one forward pass
-    per chunk up to the unit's layer.
+    image's switches (:func:`~zfnet.deconvnet.project_units`, windowed: only inside each
+    unit's receptive field), after one forward pass per chunk up to the unit's layer.
 
     Parameters
     ----------
@@ -275,7 +275,7 @@ def unit_views(
             units = np.array(
                 [[where[int(records[i]["image"])], records[i]["channel"], records[i]["y"], records[i]["x"]]
                  for i in part], np.int64)  # (U, 4)
-            proj = asnumpy(project_units(model, x, layer, units, rule=rule))  # (U, 3, H, W)
+            proj = asnumpy(project_units(model, x, layer, units, rule=rule, windowed=True))  # (U, 3, H, W)
             for u, i in enumerate(part):
                 r = records[i]
                 if layer in rfs:
