@@ -5,6 +5,9 @@ The twin does the same work as our forward: max-pooling returns its indices (our
 projections the ReLU's backward follows the projection rule (the deconvnet rectifies
 the signal coming down) and LRN's backward passes the signal through, so that
 autograd computes exactly the paper's deconvnet, densely, as PyTorch users do.
+
+The tests use the same twin (``tests/`` imports this module) to check our forward
+passes and projections against PyTorch.
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ def _t(a, device):
 
 
 def twin(model, rule: str | None = None, device: str = "cpu"):
-    """``run(x, upto=None) -> tensor`` (the activation ``upto``, or the network's output).
+    """``run(x, upto=None, record=None) -> tensor``: the activation ``upto`` (or the output).
 
     ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.  The
-    weights live on ``device`` (``"cuda"`` for the GPU benchmark).
+    weights live on ``device`` (``"cuda"`` for the GPU benchmark).  ``upto`` may name a
+    branch of a fire module (``"fire3/squeeze"``); pass a dict as ``record`` to collect
+    every named activation on the way (the tests compare them layer by layer).
     """
     weights = {}
     for layer in model.layers:
@@ -72,7 +77,8 @@ def twin(model, rule: str | None = None, device: str = "cpu"):
         x = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
         return relu(x) if layer.relu else x
 
-    def run(x, upto=None):
+    def run(x, upto=None, record=None):
+        acts = {} if record is None else record
         for layer in model.layers:
             if isinstance(layer, znn.Conv2d):
                 x = conv(layer, x)
@@ -93,15 +99,35 @@ def twin(model, rule: str | None = None, device: str = "cpu"):
             elif isinstance(layer, znn.Dropout):
                 pass
             elif _convs(layer):  # a fire module: squeeze, then two expand branches concatenated
-                s = conv(layer.squeeze, x)
-                x = torch.cat([conv(layer.expand1x1, s), conv(layer.expand3x3, s)], dim=1)
+                squeeze, e1, e3 = _convs(layer)
+                s = acts[squeeze.name] = conv(squeeze, x)
+                acts[e1.name], acts[e3.name] = conv(e1, s), conv(e3, s)
+                if upto in (squeeze.name, e1.name, e3.name):
+                    return acts[upto]
+                x = torch.cat([acts[e1.name], acts[e3.name]], dim=1)
             else:
                 raise TypeError(f"no PyTorch twin for {layer!r}")
+            acts[layer.name] = x
             if layer.name == upto:
                 break
         return x
 
     return run
+
+
+def torch_projection(model, x: np.ndarray, layer: str, units, rule: str = "deconvnet") -> np.ndarray:
+    """Autograd projection of each unit ``(image, channel, y, x)``, one at a time: the
+    dense reference the tests hold our deconvnet to."""
+    run = twin(model, rule)
+    out = []
+    for n, c, i, j in units:
+        xt = torch.tensor(x[n : n + 1], requires_grad=True)
+        act = run(xt, upto=layer)
+        g = torch.zeros_like(act)
+        g[0, c, i, j] = act[0, c, i, j].detach()
+        act.backward(g)
+        out.append(xt.grad.numpy()[0])
+    return np.stack(out)
 
 
 def _convs(layer) -> list:

@@ -126,7 +126,7 @@ def torch():
 @given(seed=st.integers(0, 10_000), layer=st.sampled_from(["conv1", "pool1", "conv2", "pool2", "conv3"]))
 @settings(max_examples=8)
 def test_projection_matches_torch_autograd_tiny(torch, rule, seed, layer):
-    from torch_twin import torch_projection
+    from benchmarks.torch_twin import torch_projection
 
     net = tiny_zf(seed % 7)
     x = np.random.default_rng(seed).standard_normal((2, 3, 48, 48)).astype(np.float32)
@@ -143,7 +143,7 @@ def test_projection_matches_torch_autograd_tiny(torch, rule, seed, layer):
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv5"])
 def test_zfnet_projection_matches_torch_autograd(torch, layer):
     """The whole ZFNet: the deconvnet == autograd with a rectifying ReLU backward."""
-    from torch_twin import torch_projection
+    from benchmarks.torch_twin import torch_projection
 
     m = zfnet(num_classes=10, fc_width=32, seed=7)
     x = np.random.default_rng(8).standard_normal((2, 3, 224, 224)).astype(np.float32)

@@ -79,7 +79,7 @@ def torch():
 
 @pytest.mark.parametrize("arch", ["zfnet", "alexnet", "alexnet-torchvision"])
 def test_whole_forward_matches_torch(torch, arch):
-    from torch_twin import twin
+    from benchmarks.torch_twin import twin
 
     m = build(arch, num_classes=10, fc_width=64, seed=3)
     # non-zero biases so that the bias paths are checked too
@@ -88,7 +88,8 @@ def test_whole_forward_matches_torch(torch, arch):
                        for k, v in m.state_dict().items()})
     x = rng.standard_normal((2, 3) + m.input_size).astype(np.float32)
     ours = m(x)
-    theirs = twin(m)(torch.tensor(x))
+    theirs = {}
+    twin(m)(torch.tensor(x), record=theirs)
     for name in ["conv1", "conv2", "conv5", "pool5", "fc8"]:
         a, b = ours.activations[name], theirs[name].numpy()
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))

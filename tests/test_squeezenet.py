@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from zfnet.deconvnet import project_units, receptive_fields
 from zfnet.models.squeezenet import Fire, squeezenet1_0
-from zfnet.nn import AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, MaxPool2d
+from zfnet.nn import AdaptiveAvgPool2d, Conv2d, MaxPool2d
 from zfnet.weights import load, parse_prototxt
 
 
@@ -83,60 +83,6 @@ def test_fire_receptive_field_is_the_3x3_branch():
 # --------------------------------------------------------------- deconvnet vs torch
 
 
-def _torch_squeezenet(model, rule):
-    """Run ``model`` in torch with a ReLU whose backward follows ``rule`` (None: true ReLU)."""
-    import torch
-    import torch.nn.functional as F
-    from torch_twin import _RuleReLU
-
-    def relu(t):
-        return F.relu(t) if rule is None else _RuleReLU.apply(t, rule)
-
-    def conv(t, layer):
-        w, b = (torch.from_numpy(np.asarray(a)) for a in (layer.weight, layer.bias))
-        return relu(F.conv2d(t, w, b, layer.stride, layer.padding))
-
-    def run(x, upto=None):
-        acts = {}
-        for layer in model.layers:
-            if isinstance(layer, Fire):
-                s = acts[layer.squeeze.name] = conv(x, layer.squeeze)
-                e1 = acts[layer.expand1x1.name] = conv(s, layer.expand1x1)
-                e3 = acts[layer.expand3x3.name] = conv(s, layer.expand3x3)
-                x = torch.cat([e1, e3], 1)
-            elif isinstance(layer, Conv2d):
-                x = conv(x, layer)
-            elif isinstance(layer, MaxPool2d):
-                x = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
-            elif isinstance(layer, AdaptiveAvgPool2d):
-                x = F.adaptive_avg_pool2d(x, layer.output_size)
-            elif isinstance(layer, Flatten):
-                x = x.flatten(1)
-            else:
-                assert isinstance(layer, Dropout)
-            acts[layer.name] = x
-            if upto in acts:
-                break
-        return acts
-
-    return run
-
-
-def _torch_projection(model, x, layer, units, rule):
-    import torch
-
-    run = _torch_squeezenet(model, rule)
-    out = []
-    for n, c, i, j in units:
-        xt = torch.tensor(x[n:n + 1], requires_grad=True)
-        act = run(xt, upto=layer)[layer]
-        g = torch.zeros_like(act)
-        g[0, c, i, j] = act[0, c, i, j].detach()
-        act.backward(g)
-        out.append(xt.grad.numpy()[0])
-    return np.stack(out)
-
-
 @pytest.fixture(scope="module")
 def small_net():
     pytest.importorskip("torch")
@@ -159,7 +105,9 @@ def test_projection_through_fire_modules_matches_torch(small_net, rule, seed, la
         flat = int(act[n, c].argmax())
         units.append((n, c, flat // act.shape[3], flat % act.shape[3]))
     ours = project_units(small_net, x, layer, np.array(units), rule=rule)
-    theirs = _torch_projection(small_net, x, layer, units, rule)
+    from benchmarks.torch_twin import torch_projection
+
+    theirs = torch_projection(small_net, x, layer, units, rule)
     scale = max(float(np.abs(theirs).max()), 1e-6)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 * scale)
 
@@ -167,9 +115,11 @@ def test_projection_through_fire_modules_matches_torch(small_net, rule, seed, la
 def test_forward_and_backward_match_torch(small_net):
     import torch
 
+    from benchmarks.torch_twin import twin
+
     x = np.random.default_rng(5).standard_normal((2, 3, 47, 47)).astype(np.float32)
     xt = torch.tensor(x, requires_grad=True)
-    out_t = _torch_squeezenet(small_net, None)(xt)["flatten"]
+    out_t = twin(small_net)(xt)  # the network's output (after flatten)
     small_net.train()
     small_net.layer("drop9").training = False  # the twin has no dropout
     tr = small_net(x)
