@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import reference as ref
@@ -75,6 +75,87 @@ def test_receptive_field_is_the_region_the_unit_depends_on(layer, units):
     for y, x_ in units:
         mask = ref.brute_force_receptive_field(f, x, (0, 1, y, x_))
         assert ref.mask_box(mask) == unit_box(net, layer, y, x_), (layer, y, x_)
+
+
+@st.composite
+def spatial_nets(draw):
+    """A random stack of 1-4 conv (k 1-5, stride 1-3, padding 0..k//2) and max-pool
+    (k 2-3, stride 1-2, floor or ceil) layers on a 14-26 pixel input, 2 channels wide,
+    with positive weights and biases so that every pixel a unit reads can move it."""
+    size = draw(st.integers(14, 26))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    layers, h = [], size
+    for i in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            k, s = draw(st.integers(1, 5)), draw(st.integers(1, 3))
+            p = draw(st.integers(0, k // 2))
+            layer = Conv2d(f"c{i}", 3 if i == 0 else 2, 2, k, stride=s, padding=p, rng=rng)
+        else:
+            k, s = draw(st.integers(2, 3)), draw(st.integers(1, 2))
+            layer = MaxPool2d(f"p{i}", k, s, ceil_mode=draw(st.booleans()))
+            if i == 0:
+                layers.append(Conv2d("c_in", 3, 2, 1, rng=rng))  # pools keep channels: start at 2
+        try:
+            h_next = layer.output_shape((1, 2, h, h))[2]
+        except ShapeError:  # the map is already smaller than this kernel
+            break
+        if h_next < 1:
+            break
+        layers.append(layer)
+        h = h_next
+    if not layers:
+        layers.append(Conv2d("c0", 3, 2, 3, rng=rng))
+    net = Network(layers, {"arch": "random", "input_size": [size, size]})
+    net.load_state_dict({k: np.abs(v) + 0.05 for k, v in net.state_dict().items()})
+    return net
+
+
+@given(net=spatial_nets(), data=st.data())
+def test_receptive_field_property_on_random_stacks(net, data):
+    """Measured dependence region vs receptive-field arithmetic, on random geometries.
+
+    Always: every pixel the unit depends on lies in its (clipped) box.  For an interior
+    unit (unclipped box inside the image: no padding, no partial ceil-mode window, no
+    unused trailing pixels in its field) the box is the region's bounding box, and the
+    region fills it unless a layer's stride exceeds its kernel (a field with holes).
+    """
+    layer = net.layers[-1].name
+    size = net.input_size[0]
+    h = net.forward(np.zeros((1, 3, size, size)), upto=layer, caches=False).activations[layer].shape[2]
+    y, x_ = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, h - 1))
+    img = np.random.default_rng(0).random((1, 3, size, size))
+
+    def f(a):
+        return net.forward(a, upto=layer, caches=False).activations[layer]
+
+    mask = ref.brute_force_receptive_field(f, img, (0, 1, y, x_))
+    y0, x0, y1, x1 = unit_box(net, layer, y, x_)
+    inside = np.zeros_like(mask)
+    inside[y0:y1, x0:x1] = True
+    assert not (mask & ~inside).any(), "the unit depends on a pixel outside its receptive field"
+    u0, v0, u1, v1 = unit_box(net, layer, y, x_, clip=False)
+    if u0 >= 0 and v0 >= 0 and u1 <= size and v1 <= size:
+        assert ref.mask_box(mask) == (y0, x0, y1, x1)
+        if all(l.kernel_size[0] >= l.stride[0] for l in net.layers):  # no layer skips pixels
+            assert mask[y0:y1, x0:x1].all()
+
+
+@given(net=spatial_nets(), data=st.data())
+def test_crop_identity_property_on_random_stacks(net, data):
+    """An interior activation equals the unpadded network applied to its receptive-field crop."""
+    layer = net.layers[-1].name
+    size = net.input_size[0]
+    img = np.random.default_rng(1).standard_normal((1, 3, size, size))
+    act = net.forward(img, upto=layer, caches=False).activations[layer]
+    interior = [(y, x_) for y in range(act.shape[2]) for x_ in range(act.shape[3])
+                if (lambda b: b[0] >= 0 and b[1] >= 0 and b[2] <= size and b[3] <= size)(
+                    unit_box(net, layer, y, x_, clip=False))]
+    assume(interior)
+    y, x_ = data.draw(st.sampled_from(interior))
+    y0, x0, y1, x1 = unit_box(net, layer, y, x_, clip=False)
+    out = net.unpadded().forward(img[:, :, y0:y1, x0:x1], upto=layer, caches=False).activations[layer]
+    assert out.shape[2:] == (1, 1)
+    np.testing.assert_allclose(out[0, :, 0, 0], act[0, :, y, x_], rtol=1e-10, atol=1e-10)
 
 
 def test_interior_activation_equals_network_on_its_crop():

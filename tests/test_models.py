@@ -60,6 +60,19 @@ def test_state_dict_round_trip_and_errors():
     assert (b.state_dict()["conv1.bias"] == 1).all()
 
 
+def test_load_state_dict_changes_nothing_when_a_later_key_is_bad():
+    a, b = zfnet(num_classes=10, fc_width=32, seed=1), zfnet(num_classes=10, fc_width=32, seed=2)
+    before = b.state_dict()
+    bad = dict(a.state_dict(), **{"conv3.weight": np.zeros((384, 256, 5, 5), np.float32)})
+    with pytest.raises(ShapeError, match=r"conv3\.weight"):
+        b.load_state_dict(bad)
+    bad = dict(a.state_dict(), **{"fc8.bias": np.zeros(10, np.int32)})
+    with pytest.raises(WeightsError, match=r"fc8\.bias.*int32"):
+        b.load_state_dict(bad)
+    for key, value in b.state_dict().items():  # conv1, conv2 (before the bad keys) kept too
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
 def test_bad_input_and_names():
     m = zfnet(num_classes=10, fc_width=32)
     with pytest.raises(ShapeError, match=r"\(N, 3, H, W\)"):

@@ -55,13 +55,21 @@ def test_conv2d_matches_reference(case):
 
 @given(conv_case(), st.data())
 def test_conv_transpose2d_matches_reference(case, data):
-    x, w, b, stride, padding, groups = case
+    x, w, _, stride, padding, groups = case
     y = ops.conv2d(x, w, None, stride, padding, groups)
-    g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
-    # any output size the forward could have come from
-    size = tuple(x.shape[2:])
-    close(ops.conv_transpose2d(g, w, None, stride, padding, groups, output_size=size),
-          ref.conv_transpose2d(g, w, None, stride, padding, groups, output_size=size))
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    # no output_size (the smallest input the forward could have come from), or any of
+    # the sizes it could have come from: H_min .. H_min + s - 1 per axis
+    h_min = [(y.shape[2 + a] - 1) * stride[a] - 2 * padding[a] + w.shape[2 + a] for a in (0, 1)]
+    if data.draw(st.booleans(), label="output_size given") or min(h_min) < 1:
+        # (the forward's own input size lies in this range, so it is never empty)
+        size = tuple(data.draw(st.integers(max(1, h_min[a]), h_min[a] + stride[a] - 1)) for a in (0, 1))
+    else:
+        size = None
+    b = rng.standard_normal(x.shape[1]).astype(np.float32) if data.draw(st.booleans(), label="bias") else None
+    close(ops.conv_transpose2d(g, w, b, stride, padding, groups, output_size=size),
+          ref.conv_transpose2d(g, w, b, stride, padding, groups, output_size=size))
 
 
 @given(conv_case())

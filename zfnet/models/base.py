@@ -141,6 +141,9 @@ class Network:
     def load_state_dict(self, state: dict, strict: bool = True, source: str = "state dict") -> None:
         """Copy ``state`` into the parameters, checking every key and shape.
 
+        Every key is checked before any is copied: on an error the model keeps the
+        parameters it had.
+
         Raises
         ------
         WeightsError
@@ -157,6 +160,8 @@ class Network:
             if unexpected:
                 parts.append(f"unexpected keys {unexpected}")
             raise WeightsError(f"{source} does not fit {self.arch}: " + "; ".join(parts))
+        # Check every key before copying any, so that a bad file leaves the model unchanged.
+        checked = []
         for key, (layer, attr) in expected.items():
             if key not in state:
                 continue
@@ -168,6 +173,8 @@ class Network:
                 )
             if not np.issubdtype(new.dtype, np.floating):
                 raise WeightsError(f"{source}: key {key!r} has dtype {new.dtype}, expected floating point")
+            checked.append((layer, attr, old, new))
+        for layer, attr, old, new in checked:
             xp = get_array_module(old)
             layer.set_param(attr, xp.asarray(new, dtype=np.float32).copy())
 
