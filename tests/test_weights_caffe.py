@@ -168,6 +168,25 @@ def test_length_bomb_is_not_allocated(tmp_path):
 # ------------------------------------------------------------------------------ wire
 
 
+@given(st.integers(0, 300), st.lists(st.booleans(), max_size=20), st.sampled_from([4, 8]))
+def test_fixed_run_finds_the_run_and_stops_at_its_end(n, tail, width):
+    """fixed_run vs the run written: ``n`` records, then another field (when ``tail``
+    starts) and more records, so runs end anywhere, also at and past the doubling
+    blocks' edges (16, 48, 112, 240 records)."""
+    tag = pb.encode_tag(5 if width == 4 else 8, pb.I32 if width == 4 else pb.I64)
+    other = pb.field_varint(3, 7)
+
+    def record(i):
+        return tag + bytes((i + j) % 256 for j in range(width))
+
+    buf = b"".join(record(i) for i in range(n))
+    if tail:
+        buf += other + b"".join(record(i) if t else other for i, t in enumerate(tail[1:]))
+    got = pb.fixed_run(buf, 0, len(buf), tag, width)
+    assert got.shape == (n, width)
+    assert got.tobytes() == b"".join(record(i)[len(tag):] for i in range(n))
+
+
 @given(st.integers(0, (1 << 64) - 1))
 def test_varint_round_trip(n):
     enc = pb.encode_varint(n)
@@ -340,6 +359,7 @@ def test_scalars_lists_and_escapes():
     ("a: [1 2]", r"expected ',' or '\]'"),
     ("a:", r"unexpected end of text"),
     ("a: {", r"never closed"),
+    ("a: " + "9" * 5000, r"<text>:1: bad number"),  # past Python's int() digit limit
 ])
 def test_prototxt_syntax_errors(text, match):
     with pytest.raises(WeightsError, match=match):

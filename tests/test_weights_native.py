@@ -120,6 +120,10 @@ def test_hostile_npz_members(tmp_path):
         "object": ({"a.npy": _npy(np.array([{"x": 1}], dtype=object))}, "only plain numeric"),
         "lying_header": ({"a.npy": bytes(header_lies)}, "declares shape"),
         "huge_header": ({"a.npy": huge}, "declares shape"),
+        # shapes whose element count looks harmless: (-2, -2) claims 4 elements, and a 0
+        # dimension makes any other dimension "cost" nothing
+        "negative_shape": ({"a.npy": lying((-2, -2), np.zeros(4, np.float32).tobytes())}, "impossible shape"),
+        "zero_hides_huge": ({"a.npy": lying((0, 10**23), b"")}, "impossible shape"),
         "not_npy": ({"a.npy": b"hello"}, "bad .npy header"),
         "meta_not_json": ({"x.npy": _npy(np.zeros(1, np.float32)),
                            META_KEY + ".npy": _npy(np.frombuffer(b"{oops", np.uint8))}, "not valid"),

@@ -306,6 +306,11 @@ def test_length_fields_the_file_cannot_back(tmp_path):
     bomb = b"\x80\x05\x8e" + struct.pack("<Q", 1 << 40) + b"xx."
     with pytest.raises(WeightsError, match="not a valid pickle"):
         read_pth(_zip_checkpoint(tmp_path / "bomb.pth", bomb))
+    # A memo index the pickle cannot need: the unpickler would size its memo table by it
+    # (8 bytes of file asking for 2**26 slots = 1 GiB).
+    memo = b"\x80\x02}r" + struct.pack("<I", 1 << 26) + b"."
+    with pytest.raises(WeightsError, match="memo index 67108864"):
+        read_pth(_zip_checkpoint(tmp_path / "memo.pth", memo))
 
 
 def _legacy_keys_end(data: bytes) -> int:
@@ -350,10 +355,12 @@ def test_views_outside_their_storage(tmp_path):
         "past_end": ((2, 3), (3, 1), 1, 6),          # last element 6 of 6
         "storage_longer_than_record": ((2,), (1,), 0, 600),
         "huge_stride0": ((1 << 20, 1 << 20), (0, 0), 0, 6),  # 4 TiB of one element
+        "huge_stride_one_element": ((1,), (1 << 62,), 0, 6),  # byte strides overflow int64
+        "zero_dim_hides_huge_ones": ((0, 1 << 40, 1 << 40), (1, 1, 1), 0, 6),
     }
     for name, (size, stride, offset, numel) in cases.items():
         path = _zip_checkpoint(tmp_path / f"{name}.pth", _tensor_pickle(size, stride, offset, numel), {"0": raw})
-        with pytest.raises(WeightsError):
+        with pytest.raises(WeightsError, match=f"{name}.pth"):
             read_pth(path)
     missing = _zip_checkpoint(tmp_path / "missing.pth", _tensor_pickle((2,), (1,), 0, 2, key="7"), {"0": raw})
     with pytest.raises(WeightsError, match="no record"):

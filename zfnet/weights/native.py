@@ -235,7 +235,11 @@ def _parse_npy(raw: bytes, path: str, name: str) -> np.ndarray:
         raise WeightsError(f"{path}: member '{name}' has a bad .npy header ({exc})") from exc
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in "fiub":
         raise WeightsError(f"{path}: member '{name}' has dtype {dtype}; only plain numeric arrays are allowed")
+    if not all(isinstance(d, int) and 0 <= d < 2**48 for d in shape):
+        raise WeightsError(f"{path}: member '{name}' declares an impossible shape {shape}")
     count = math.prod(shape)
+    if math.prod(max(d, 1) for d in shape) >= 2**48:  # a 0 dimension cannot hide the rest
+        raise WeightsError(f"{path}: member '{name}' declares an impossible shape {shape}")
     body = len(raw) - f.tell()
     if count * dtype.itemsize != body:
         raise WeightsError(f"{path}: member '{name}' declares shape {shape} ({count * dtype.itemsize} "

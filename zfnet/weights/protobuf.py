@@ -181,11 +181,21 @@ def fixed_run(buf: bytes, pos: int, end: int, tag: bytes, width: int) -> np.ndar
     """
     rec = len(tag) + width
     k = (end - pos) // rec
-    block = np.frombuffer(buf, dtype=np.uint8, count=k * rec, offset=pos).reshape(k, rec)
-    # (k, rec): one record per row
-    ok = np.all(block[:, : len(tag)] == np.frombuffer(tag, dtype=np.uint8), axis=1)
-    count = k if ok.all() else int(np.argmin(ok))
-    return block[:count, len(tag):]
+    tag_bytes = np.frombuffer(tag, dtype=np.uint8)
+    # Look ahead in doubling blocks and stop at the first record that breaks the run, so
+    # the cost is proportional to the run found, not to the rest of the message (a file
+    # alternating single floats with other fields would otherwise take quadratic time).
+    count, chunk = 0, 16
+    while count < k:
+        m = min(chunk, k - count)
+        block = np.frombuffer(buf, dtype=np.uint8, count=m * rec, offset=pos + count * rec).reshape(m, rec)
+        ok = np.all(block[:, : len(tag)] == tag_bytes, axis=1)  # (m,): one record per row
+        if not ok.all():
+            count += int(np.argmin(ok))
+            break
+        count, chunk = count + m, chunk * 2
+    block = np.frombuffer(buf, dtype=np.uint8, count=count * rec, offset=pos).reshape(count, rec)
+    return block[:, len(tag):]
 
 
 # ----------------------------------------------------------------------------- encoder

@@ -68,6 +68,8 @@ def _unescape(body: str) -> str:
 
 
 def _number(text: str) -> int | float:
+    if len(text) > 400:  # Python refuses int() of > 4300 digits; no Caffe field needs 400
+        raise ValueError(f"a number of {len(text)} characters")
     t = text.rstrip("fF") if not text.lower().startswith(("0x", "-0x", "+0x")) else text
     if re.fullmatch(r"[-+]?0[xX][0-9a-fA-F]+", t):
         return int(t, 16)
@@ -130,7 +132,10 @@ def _scalar(tokens: _Tokens) -> Any:
             parts.append(_unescape(tokens.next("a string")[1][1:-1]))
         return "".join(parts)
     if kind == "number":
-        return _number(text)
+        try:
+            return _number(text)
+        except ValueError as exc:
+            raise tokens.error(pos, f"bad number {text[:40]!r} ({exc})") from exc
     if kind == "ident":
         return _ident_value(text)
     raise tokens.error(pos, f"expected a value, found {text!r}")

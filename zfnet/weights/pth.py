@@ -227,8 +227,18 @@ def _pickle_end(data: bytes, start: int, path: str, what: str) -> int:
     try:
         with warnings.catch_warnings():  # STRING opcodes may warn about odd escapes
             warnings.simplefilter("ignore")
-            for _ in pickletools.genops(f):
-                pass
+            for op, arg, at in pickletools.genops(f):
+                # The unpickler sizes its memo table by the largest index stored, so a
+                # few bytes saying "memo[2**31] = ..." would claim gigabytes.  Picklers
+                # number memo entries 0, 1, 2, ..., one per object already built, and
+                # every object costs at least one byte: refuse an index past that.
+                if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > at - start:
+                    raise WeightsError(
+                        f"{path}: the {what} stores memo index {int(arg)} at byte {at}, more "
+                        f"than the {at - start} bytes before it could need (a crafted file?)"
+                    )
+    except WeightsError:
+        raise
     except Exception as exc:  # genops raises ValueError & co. on any malformed byte.
         raise WeightsError(f"{path}: the {what} is not a valid pickle ({exc})") from exc
     return f.tell()
@@ -340,6 +350,13 @@ def _tensor_from_storage(store: np.ndarray, ref: _TensorRef, name: str, path: st
         raise WeightsError(
             f"{path}: tensor '{name}' has malformed size {_short(size)} / stride "
             f"{_short(stride)} / offset {_short(offset)}"
+        )
+    # No real tensor has a dimension or stride near 2^48 elements; bounding them keeps
+    # NumPy's size and stride arithmetic (np.zeros, as_strided) from overflowing on a
+    # crafted file, and a 0 dimension from hiding absurd ones.
+    if any(v >= 2**48 for v in size + stride) or math.prod(max(v, 1) for v in size) >= 2**48:
+        raise WeightsError(
+            f"{path}: tensor '{name}' has an impossible size {_short(size)} / stride {_short(stride)}"
         )
     numel = math.prod(size)
     budget.take(numel * store.itemsize, name)
