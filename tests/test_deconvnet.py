@@ -238,3 +238,19 @@ def test_zfnet_projection_matches_torch_autograd(torch, layer):
     scale = float(np.abs(theirs).max())
     assert scale > 0
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 * scale)
+
+
+def test_rf_command_prints_the_readme_table(capsys):
+    """`zfnet rf --arch zfnet` prints exactly the table the README shows."""
+    import re
+    from pathlib import Path
+
+    from zfnet.cli import main
+
+    assert main(["rf", "--arch", "zfnet"]) == 0
+    printed = capsys.readouterr().out.strip()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"`zfnet rf --arch zfnet` prints the receptive-field table:\n\n```\n(.*?)```", readme, re.S)
+    assert block is not None
+    assert printed == block.group(1).strip()
+    assert "conv5                3   1   1        13      139    16     20" in printed

@@ -154,13 +154,20 @@ def test_lrn_matches_reference(size, alpha, beta, k, seed):
     close(ops.lrn(x, size, alpha, beta, k), ref.lrn(x, size, alpha, beta, k))
 
 
-def test_linear_relu_softmax_match_reference():
-    rng = np.random.default_rng(3)
-    x, w, b = rng.standard_normal((4, 7)), rng.standard_normal((5, 7)), rng.standard_normal(5)
+@given(st.integers(1, 5), st.integers(1, 9), st.integers(1, 9), st.booleans(),
+       st.floats(0.1, 100.0), st.integers(0, 2**31 - 1))
+def test_linear_relu_softmax_match_reference(n, d_in, d_out, bias, scale, seed):
+    """Random sizes and scales (softmax up to logits of about +-400, where a softmax
+    that does not subtract the maximum overflows float32)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d_in)) * scale).astype(np.float32)
+    w = rng.standard_normal((d_out, d_in)).astype(np.float32)
+    b = rng.standard_normal(d_out).astype(np.float32) if bias else None
     close(ops.linear(x, w, b), ref.linear(x, w, b))
     close(ops.relu(x), ref.relu(x))
-    close(ops.softmax(x * 50), ref.softmax(x * 50))
-    assert np.allclose(ops.softmax(x).sum(axis=1), 1)
+    p = ops.softmax(x)
+    close(p, ref.softmax(x))
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1, atol=1e-5)
 
 
 def test_im2col_col2im_adjoint():
