@@ -17,14 +17,12 @@ from PIL import Image
 from zfnet.data import ImageFolder, Transform, TransformConfig
 from zfnet.deconvnet import project_units, receptive_fields, unit_box
 from zfnet.deconvnet.patches import checkerboard, crop_with_border, display_projection, unit_views
-from zfnet.deconvnet.topk import TopK
 from zfnet.errors import ConfigError, ShapeError
 from zfnet.figures import (
     fc_row_tiles,
     feature_map_figure,
     feature_map_tiles,
     filter_tiles,
-    layer_figure,
     select_units,
 )
 from zfnet.figures.top9 import run_top9, transform_for
@@ -47,6 +45,7 @@ def tiny_images(tmp_path_factory) -> Path:
         sub.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(sub / f"img {i:02d}&.png")
     (root / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (root / "class1" / "notes.txt").write_text("not an image")  # not read, but reported
     return root
 
 
@@ -206,6 +205,8 @@ def test_top9_outputs(top9_run) -> None:
     for name in ("fig2_c1.png", "fig2_c2.png", "filters_c1.png", "filters_c1_shared.png"):
         assert Image.open(out / name).size[0] > 50
     assert "read 14 images" in top9_run.summary() and "broken.jpg" in top9_run.summary()
+    assert doc["ignored"] == ["class1/notes.txt"]
+    assert "1 file with extensions no image reader knows was not read (class1/notes.txt" in top9_run.summary()
 
 
 def test_gallery_links_resolve(top9_run) -> None:

@@ -319,3 +319,22 @@ def test_cli_convert_and_info(tmp_path, capsys):
     (tmp_path / "junk.pth").write_bytes(b"\x80\x02junk")
     assert main(["info", str(tmp_path / "junk.pth")]) == 2
     assert "junk.pth" in capsys.readouterr().err
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through a temporary file (created owner-only); the result must
+    still be an ordinary file, readable by others as the umask allows."""
+    import os
+    import stat
+
+    from zfnet.deconvnet.topk import TopK
+
+    umask = os.umask(0o022)
+    try:
+        save(_small("zfnet"), tmp_path / "w.npz")
+        TopK({"c": (3, 4, 4)}, k=2).save(tmp_path / "state.npz")
+    finally:
+        os.umask(umask)
+    for name in ("w.npz", "state.npz", "state.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

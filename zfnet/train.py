@@ -54,17 +54,17 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .backend import asnumpy, get_array_module, to_device
 from .data.augment import center_boxes, crop_resize, normalize_batch, random_boxes
+from ._files import atomic_write
 from .errors import ConfigError, WeightsError
 from .nn import Conv2d, Dropout
 from .ops import softmax_cross_entropy
@@ -345,15 +345,7 @@ def _norm(preprocess: dict | None) -> dict:
 
 
 def _atomic_savez(path: Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".zfnet-", suffix=".npz.part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -270,8 +270,10 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
     first = first_layer_weight(model)
     written = []
     if first is not None:
+        from tqdm.auto import tqdm
+
         name, w = first
-        for s in scalings:
+        for s in tqdm(scalings, desc="filters", unit="figure"):
             dst = out / f"filters_{name}_{s}.png" if out.suffix != ".png" else (
                 out if len(scalings) == 1 else out.with_name(f"{out.stem}_{s}.png"))
             written.append(save_png(filter_grid(w, s, order), dst))
@@ -285,7 +287,9 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"{model.arch}: the first layer is neither a conv on RGB nor fully connected")
         w = np.asarray(lin.weight)
         shape = (3,) + tuple(model.input_size)
-        for s in scalings:
+        from tqdm.auto import tqdm
+
+        for s in tqdm(scalings, desc="filters", unit="figure"):
             tiles = fc_row_tiles(w, shape, rows=range(min(64, w.shape[0])), scaling=s, channel_order=order)
             dst = out / f"fc_rows_{lin.name}_{s}.png" if out.suffix != ".png" else out
             written.append(save_png(caption(grid(tiles, 8), f"{lin.name} rows as images, {s} scaling"), dst))

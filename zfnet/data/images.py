@@ -394,6 +394,8 @@ class ImageFolder:
         Relative POSIX paths, sorted; ``paths[i]`` is image index ``i``.
     ignored : int
         Files not listed because of their extension.
+    ignored_paths : list of str
+        Their relative POSIX paths, sorted (reported by ``zfnet top9``, never silent).
 
     Raises
     ------
@@ -425,7 +427,7 @@ class ImageFolder:
         self.background = _background(background)
         self.exif_transpose = exif_transpose
         paths: list[str] = []
-        ignored = 0
+        ignored_paths: list[str] = []
         for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(self.root)
@@ -433,10 +435,12 @@ class ImageFolder:
                 if name.startswith("."):
                     continue
                 if exts is not None and os.path.splitext(name)[1].lower() not in exts:
-                    ignored += 1
+                    ignored_paths.append((rel_dir / name).as_posix())
                     continue
                 paths.append((rel_dir / name).as_posix())
         paths.sort()
+        ignored_paths.sort()
+        ignored = len(ignored_paths)
         if not paths:
             raise DataError(
                 f"image folder {str(self.root)!r} holds no image files"
@@ -444,6 +448,7 @@ class ImageFolder:
             )
         self.paths = paths
         self.ignored = ignored
+        self.ignored_paths = ignored_paths
 
     def __len__(self) -> int:
         return len(self.paths)

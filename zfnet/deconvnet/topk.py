@@ -46,13 +46,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
+from .._files import atomic_write
 from ..errors import ConfigError, DataError, ShapeError
 
 __all__ = ["TopK", "LayerTopK", "mine", "paths_digest", "STATE_VERSION"]
@@ -382,9 +382,9 @@ class TopK:
             arrays[f"l{i}_images"] = t.images
             arrays[f"l{i}_ys"] = t.ys
             arrays[f"l{i}_xs"] = t.xs
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         text = json.dumps(self.meta(), indent=1)
-        _atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode("utf-8")))
+        atomic_write(path.with_suffix(".json"), lambda f: f.write(text.encode("utf-8")))
         return path
 
     @classmethod
@@ -435,23 +435,6 @@ def _overlap(a: list[list[int]], b: list[list[int]]) -> list[list[int]]:
             if hi > lo:
                 out.append([lo, hi])
     return out
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def mine(

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -112,6 +112,7 @@ class Top9Result:
     figures: dict[str, Path] = field(default_factory=dict)
     gallery: Path | None = None
     weights_label: str = ""
+    ignored: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """The one-paragraph account printed at the end of a run."""
@@ -125,6 +126,10 @@ class Top9Result:
         return (
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
             f"{self.weights_label or 'the given weights'}: {text}. "
+            + (f"{len(self.ignored):,} file{'s' if len(self.ignored) != 1 else ''} with extensions no image "
+               f"reader knows {'were' if len(self.ignored) != 1 else 'was'} not read ("
+               + ", ".join(self.ignored[:5]) + (", ..." if len(self.ignored) > 5 else "")
+               + "; listed under 'ignored' in top9.json). " if self.ignored else "")
             + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
                if self.images_per_second > 0 else "Nothing was left to mine. ")
             + f"everything {self.seconds_total:.1f} s; "
@@ -277,6 +282,7 @@ def run_top9(
         "layers": {n: list(s) for n, s in shapes.items()},
         "transform": transform.config.to_dict(),
         "skipped": state.skipped,
+        "ignored": folder.ignored_paths,
         "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
         "results": records,
     }
@@ -323,5 +329,5 @@ def run_top9(
         out=out, state=state, n_files=n_files, n_read=state.n_images, skipped=state.skipped, notes=state.notes,
         seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
         peak_rss_mib=peak_rss_mib(), resumed_from=start, peak_rss_mining_mib=rss_mining, figures=figures, gallery=gallery_index,
-        weights_label=weights_label,
+        weights_label=weights_label, ignored=list(folder.ignored_paths),
     )

@@ -55,12 +55,12 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import ConfigError, WeightsError
 from .caffe import read_caffemodel
 from .pth import read_pth
@@ -145,16 +145,7 @@ def save(model, path: str | os.PathLike, dtype: str = "float32", compress: bool 
     blob = json.dumps(meta, default=_json_default, sort_keys=True).encode("utf-8")
     arrays[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
     writer = np.savez_compressed if compress else np.savez
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".zfnet-", suffix=".npz.part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.path.abspath(path), lambda fh: writer(fh, **arrays))
 
 
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:

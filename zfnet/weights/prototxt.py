@@ -204,7 +204,7 @@ def parse_prototxt(source: str | os.PathLike, repeated: frozenset | set = CAFFE_
     root: dict[str, Any] = {}
     lists: dict[int, set] = {}
     stack: list[tuple[dict, str | None, int]] = [(root, None, 0)]  # (message, closer, pos)
-    while (tok := tokens.peek()) is not None:
+    while tokens.peek() is not None:
         kind, text_, pos = tokens.next("a field")
         msg, closer, _ = stack[-1]
         if kind == "punct" and text_ == closer:
