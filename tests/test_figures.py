@@ -276,7 +276,9 @@ def test_cli_top9_filters_featuremaps_demo(tiny_images: Path, tmp_path: Path, mo
     img = next(tiny_images.rglob("*.png"))
     assert main(["featuremaps", "--image", str(img), "--layer", "c2", "--out", str(tmp_path / "fm.png")]) == 0
     assert (tmp_path / "fm.png").is_file()
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--views", "10", "--units", "2", "--layers", "c1"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--views", "10", "--units", "2", "--layers", "c1",
+                 "--k", "4"]) == 0
     text = capsys.readouterr().out
     assert "grace_hopper" in text and (tmp_path / "demo" / "gallery" / "index.html").is_file()
     assert len(list((tmp_path / "demo" / "images").rglob("*.jpg"))) == 10
+    assert json.loads((tmp_path / "demo" / "top9.json").read_text())["k"] == 4

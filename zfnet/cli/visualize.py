@@ -233,6 +233,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default=None)
     p.add_argument("--layers", nargs="+", default=None)
     p.add_argument("--units", type=_units_arg, default=16)
+    p.add_argument("--k", type=int, default=9, help="top k per channel (default 9)")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing units (the views are always the same)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.set_defaults(func=run_demo_cmd)
 
@@ -336,8 +338,8 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     model, label, digest = load_model(weights, arch)
     _prepare(model, args.device)
     print(f"zfnet demo: {args.views} views of {len(photos)} bundled photos ({', '.join(photos)}); weights: {why}.")
-    result = run_top9(model, folder, out, layers=args.layers, units=args.units, weights_label=label,
-                      weights_digest=digest, device=args.device, batch_size=16)
+    result = run_top9(model, folder, out, layers=args.layers, k=args.k, units=args.units, seed=args.seed,
+                      weights_label=label, weights_digest=digest, device=args.device, batch_size=16)
     print(result.summary())
     if weights is None:
         print("Note: these weights are random, so the figures show the machinery, not learned features.")
