@@ -17,6 +17,60 @@ def test_zfnet_map_sizes_are_the_papers():
     assert shapes["fc8"] == (1, 1000)
 
 
+def _spec(model):
+    """Each layer's hyper-parameters, written out, independent of how the model builds them."""
+    out = []
+    for l in model.layers:
+        kind = type(l).__name__
+        if kind == "Conv2d":
+            out.append((l.name, "conv", tuple(l.weight.shape), l.stride[0], l.padding[0], l.groups, l.relu))
+        elif kind == "MaxPool2d":
+            out.append((l.name, "pool", l.kernel_size[0], l.stride[0], l.padding[0], l.ceil_mode))
+        elif kind == "LRN":
+            out.append((l.name, "lrn", l.size, l.alpha, l.beta, l.k))
+        elif kind == "Linear":
+            out.append((l.name, "fc", tuple(l.weight.shape), l.relu))
+        elif kind == "Dropout":
+            out.append((l.name, "dropout", l.p))
+    return out
+
+
+def test_zfnet_layers_are_the_papers():
+    """The paper's Fig. 3 (v3) layer by layer.  The PyTorch twin copies our layers'
+    settings, so only a check like this one can catch a wrong stride or padding."""
+    lrn = (5, 1e-4, 0.75, 2.0)
+    assert _spec(zfnet()) == [
+        ("conv1", "conv", (96, 3, 7, 7), 2, 1, 1, True), ("pool1", "pool", 3, 2, 0, True), ("norm1", "lrn", *lrn),
+        ("conv2", "conv", (256, 96, 5, 5), 2, 0, 1, True), ("pool2", "pool", 3, 2, 0, True), ("norm2", "lrn", *lrn),
+        ("conv3", "conv", (384, 256, 3, 3), 1, 1, 1, True), ("conv4", "conv", (384, 384, 3, 3), 1, 1, 1, True),
+        ("conv5", "conv", (256, 384, 3, 3), 1, 1, 1, True), ("pool5", "pool", 3, 2, 0, True),
+        ("fc6", "fc", (4096, 9216), True), ("drop6", "dropout", 0.5),
+        ("fc7", "fc", (4096, 4096), True), ("drop7", "dropout", 0.5), ("fc8", "fc", (1000, 4096), False),
+    ]
+
+
+def test_alexnet_layers_are_bvlc_and_torchvision():
+    """BVLC's deploy.prototxt (LRN k=1 before pooling, conv2/4/5 in two groups, Caffe's
+    ceil-mode pools) and torchvision's alexnet (dropout before fc6/fc7, floor pools)."""
+    lrn = (5, 1e-4, 0.75, 1.0)
+    fc_caffe = [("fc6", "fc", (4096, 9216), True), ("drop6", "dropout", 0.5),
+                ("fc7", "fc", (4096, 4096), True), ("drop7", "dropout", 0.5), ("fc8", "fc", (1000, 4096), False)]
+    assert _spec(alexnet("caffe")) == [
+        ("conv1", "conv", (96, 3, 11, 11), 4, 0, 1, True), ("norm1", "lrn", *lrn), ("pool1", "pool", 3, 2, 0, True),
+        ("conv2", "conv", (256, 48, 5, 5), 1, 2, 2, True), ("norm2", "lrn", *lrn), ("pool2", "pool", 3, 2, 0, True),
+        ("conv3", "conv", (384, 256, 3, 3), 1, 1, 1, True), ("conv4", "conv", (384, 192, 3, 3), 1, 1, 2, True),
+        ("conv5", "conv", (256, 192, 3, 3), 1, 1, 2, True), ("pool5", "pool", 3, 2, 0, True),
+    ] + fc_caffe
+    assert _spec(alexnet("torchvision")) == [
+        ("conv1", "conv", (64, 3, 11, 11), 4, 2, 1, True), ("pool1", "pool", 3, 2, 0, False),
+        ("conv2", "conv", (192, 64, 5, 5), 1, 2, 1, True), ("pool2", "pool", 3, 2, 0, False),
+        ("conv3", "conv", (384, 192, 3, 3), 1, 1, 1, True), ("conv4", "conv", (256, 384, 3, 3), 1, 1, 1, True),
+        ("conv5", "conv", (256, 256, 3, 3), 1, 1, 1, True), ("pool5", "pool", 3, 2, 0, False),
+        ("drop6", "dropout", 0.5), ("fc6", "fc", (4096, 9216), True),
+        ("drop7", "dropout", 0.5), ("fc7", "fc", (4096, 4096), True), ("fc8", "fc", (1000, 4096), False),
+    ]
+
+
 @pytest.mark.parametrize("variant,sizes,widths", [
     ("caffe", [55, 27, 27, 13, 13, 13, 13, 6], [96, 256, 384, 384, 256]),
     ("torchvision", [55, 27, 27, 13, 13, 13, 13, 6], [64, 192, 384, 256, 256]),
