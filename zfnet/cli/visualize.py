@@ -97,7 +97,8 @@ def demo_weights() -> tuple[str | None, str | None, str]:
             return str(shared), "squeezenet1_0", "the shared SqueezeNet v1.0 ImageNet weights in ../shared"
         except Exception:  # noqa: BLE001 -- any failure means: not loadable in this build
             break
-    return None, "zfnet", "NO trained weights (none committed yet): a randomly initialised ZFNet"
+    return None, "zfnet", ("NO trained weights (weights/zfnet-imagenette.npz not found from here; run from the "
+                           "repository root): a randomly initialised ZFNet")
 
 
 def demo_photos() -> list[tuple[str, "Image.Image"]]:  # noqa: F821
