@@ -252,11 +252,19 @@ def projection_cases(arch: str = "zfnet", layer: str = "conv5") -> list[Case]:
         def ours(trace=trace, units=units):
             return project_units_windowed(model, trace, layer, units)
 
-        def check(trace=trace, units=units, theirs=theirs):
+        def check(trace=trace, units=units, x=x):
+            # torch through the same switches: see torch_twin.twin (near-tied maxima)
+            pinned = twin(model, rule="deconvnet", switches=trace.switches)
+            xs = torch.from_numpy(x).requires_grad_()
+            o = pinned(xs, upto=layer)
+            g = torch.zeros_like(o)
+            for n, c, i, j in units:
+                g[n, c, i, j] = o[n, c, i, j].detach()
+            ref = torch.autograd.grad(o, xs, g)[0].numpy()
             w = project_units_windowed(model, trace, layer, units)
             d = project_units(model, trace, layer, units)
             return (_close(w, d, 1e-5, "windowed vs our dense") + "; "
-                    + _close(w, theirs(), 1e-4, "vs torch autograd deconvnet"))
+                    + _close(w, ref, 1e-4, "vs torch autograd deconvnet (our switches)"))
 
         what = "one activation" if n_units == 1 else "top-9 of one channel (9 images, batched)"
         cases.append(Case("projection", f"{arch} {layer} -> pixels, {what}", n_units, ours, theirs, check,

@@ -54,13 +54,21 @@ def _t(a, device):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
 
-def twin(model, rule: str | None = None, device: str = "cpu"):
+def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | None = None):
     """``run(x, upto=None, record=None) -> tensor``: the activation ``upto`` (or the output).
 
     ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.  The
     weights live on ``device`` (``"cuda"`` for the GPU benchmark).  ``upto`` may name a
     branch of a fire module (``"fire3/squeeze"``); pass a dict as ``record`` to collect
     every named activation on the way (the tests compare them layer by layer).
+
+    ``switches`` (pool name -> int64 (N, C, h, w), e.g. ``trace.switches``): pool by
+    gathering at these flat indices instead of letting PyTorch choose the maxima.  Its
+    autograd is then a scatter-add to the same places.  Two float32 libraries round a
+    convolution differently (about 1e-6 relative), so in a window whose candidates tie to
+    that precision (often ReLU zeros) they can pick different winners, and a projection
+    through that window then differs.  With ``switches`` a comparison checks everything
+    but that choice, which the op tests check on identical inputs.
     """
     weights = {}
     for layer in model.layers:
@@ -82,6 +90,9 @@ def twin(model, rule: str | None = None, device: str = "cpu"):
         for layer in model.layers:
             if isinstance(layer, znn.Conv2d):
                 x = conv(layer, x)
+            elif isinstance(layer, znn.MaxPool2d) and switches is not None and layer.name in switches:
+                idx = torch.as_tensor(np.asarray(switches[layer.name]), device=x.device)  # (N, C, h, w)
+                x = x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
             elif isinstance(layer, znn.MaxPool2d):
                 x, _ = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode,
                                     return_indices=True)
