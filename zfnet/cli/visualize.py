@@ -261,6 +261,8 @@ def run_top9_cmd(args: argparse.Namespace) -> int:
 
 
 def run_filters_cmd(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
     from ..figures import fc_row_tiles, filter_grid, grid, save_png
     from ..figures.render import caption
     from ..figures.top9 import first_layer_weight, transform_for
@@ -273,8 +275,6 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
     first = first_layer_weight(model)
     written = []
     if first is not None:
-        from tqdm.auto import tqdm
-
         name, w = first
         for s in tqdm(scalings, desc="filters", unit="figure"):
             dst = out / f"filters_{name}_{s}.png" if out.suffix != ".png" else (
@@ -290,8 +290,6 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
             raise ConfigError(f"{model.arch}: the first layer is neither a conv on RGB nor fully connected")
         w = np.asarray(lin.weight)
         shape = (3,) + tuple(model.input_size)
-        from tqdm.auto import tqdm
-
         for s in tqdm(scalings, desc="filters", unit="figure"):
             tiles = fc_row_tiles(w, shape, rows=range(min(64, w.shape[0])), scaling=s, channel_order=order)
             dst = out / f"fc_rows_{lin.name}_{s}.png" if out.suffix != ".png" else out

@@ -126,10 +126,7 @@ class Top9Result:
         return (
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
             f"{self.weights_label or 'the given weights'}: {text}. "
-            + (f"{len(self.ignored):,} file{'s' if len(self.ignored) != 1 else ''} with extensions no image "
-               f"reader knows {'were' if len(self.ignored) != 1 else 'was'} not read ("
-               + ", ".join(self.ignored[:5]) + (", ..." if len(self.ignored) > 5 else "")
-               + "; listed under 'ignored' in top9.json). " if self.ignored else "")
+            + _ignored_sentence(self.ignored)
             + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
                if self.images_per_second > 0 else "Nothing was left to mine. ")
             + f"everything {self.seconds_total:.1f} s; "
@@ -138,6 +135,16 @@ class Top9Result:
             + (f"; gallery: {self.gallery}" if self.gallery else "")
             + "."
         )
+
+
+def _ignored_sentence(paths: list[str]) -> str:
+    """'2 files with extensions no image reader knows were not read (a.txt, b.csv; ...). ' or ''."""
+    if not paths:
+        return ""
+    many = len(paths) != 1
+    names = ", ".join(paths[:5]) + (", ..." if len(paths) > 5 else "")
+    return (f"{len(paths):,} file{'s' if many else ''} with extensions no image reader knows "
+            f"{'were' if many else 'was'} not read ({names}; listed under 'ignored' in top9.json). ")
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "img"):
