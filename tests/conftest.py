@@ -6,6 +6,7 @@
   unless ``HYPOTHESIS_PROFILE`` names another (``dev`` is quicker, ``thorough`` longer).
 * ``xp`` runs a test once with NumPy and once with CuPy; the CuPy case is marked
   ``gpu`` and skipped when CuPy or a CUDA device is missing.
+* ``rng`` is a NumPy generator seeded from the test's own id (never a shared one).
 * ``shared_dir`` is ``../shared`` (data and weights shared outside the repository);
   tests using it skip when ``../shared/data`` is absent.
 """
@@ -50,6 +51,20 @@ def xp(request):
     if not gpu_available():
         pytest.skip("CuPy is installed but no CUDA device is available")
     return cupy
+
+
+@pytest.fixture
+def rng(request) -> "np.random.Generator":
+    """A generator of this test's own, seeded from the test's id.
+
+    Tests never share a module-level generator: what one test draws must not depend
+    on which tests ran (or skipped) before it.
+    """
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 @pytest.fixture(scope="session")
