@@ -282,3 +282,54 @@ def test_cli_top9_filters_featuremaps_demo(tiny_images: Path, tmp_path: Path, mo
     assert "grace_hopper" in text and (tmp_path / "demo" / "gallery" / "index.html").is_file()
     assert len(list((tmp_path / "demo" / "images").rglob("*.jpg"))) == 10
     assert json.loads((tmp_path / "demo" / "top9.json").read_text())["k"] == 4
+
+
+# -- dead and weak units --------------------------------------------------------
+
+def test_dead_and_weak_units_are_reported_not_illustrated(tiny_images: Path, tmp_path: Path, top9_run) -> None:
+    """A unit that never fires gets no records; one that fires in 2 images gets 2.
+
+    Channel 2 of c1 gets a bias of -1e6 (never positive: dead).  Channel 1 gets
+    minus its third-best per-image maximum from the unbiased run: a bias shifts
+    every activation of the channel equally, so exactly the two images above that
+    value still fire.
+    """
+    net = tiny_net()
+    third = float(top9_run.state.layers["c1"].values[1, 2])
+    net.layers[0].bias[2] = -1e6
+    net.layers[0].bias[1] = -third
+    res = run_top9(net, tiny_images, tmp_path, layers=["c1"], k=4, units="all", batch_size=4, workers=0,
+                   progress=False, tile=24)
+    doc = json.loads((tmp_path / "top9.json").read_text())
+    assert doc["dead_units"] == {"c1": [2]}
+    assert doc["weak_units"] == {"c1": {"1": 2}}
+    recs = doc["results"]
+    assert all(r["value"] > 0 for r in recs)
+    assert [r["channel"] for r in recs].count(2) == 0
+    assert [r["channel"] for r in recs].count(1) == 2
+    assert len(recs) == 4 + 2 + 0 + 4
+    assert "Dead units (never fired on these images): c1 1 of 4; 1 more fired in fewer than 4" in res.summary()
+    page = (tmp_path / "gallery" / "c1" / "unit_2.html").read_text()
+    assert "Dead unit" in page
+    assert "fired (activation &gt; 0) in only 2 images" in (tmp_path / "gallery" / "c1" / "unit_1.html").read_text()
+    assert "dead" in (tmp_path / "gallery" / "c1" / "index.html").read_text()
+
+
+def test_unit_label_says_dead_and_weak() -> None:
+    from zfnet.figures.fig2 import unit_label
+
+    assert "DEAD" in unit_label(3, [], 9)
+    view = type("V", (), {"value": 2.5})()
+    assert unit_label(3, [view] * 2, 9) == "ch 3  max 2.5  fired in 2 images"
+    assert unit_label(3, [view] * 9, 9) == "ch 3  max 2.5"
+
+
+def test_rerun_with_fewer_layers_removes_stale_figures(tiny_images: Path, tmp_path: Path) -> None:
+    kw = dict(k=2, units=2, batch_size=4, workers=0, progress=False, tile=24)
+    run_top9(tiny_net(), tiny_images, tmp_path, layers=["c1", "c2"], **kw)
+    assert (tmp_path / "fig2_c2.png").is_file()
+    (tmp_path / "notes.png").write_bytes(b"not ours")  # a file of the user's is left alone
+    run_top9(tiny_net(), tiny_images, tmp_path, layers=["c1"], gallery=False, **kw)
+    assert not (tmp_path / "fig2_c2.png").exists()
+    assert not (tmp_path / "gallery").exists()
+    assert (tmp_path / "fig2_c1.png").is_file() and (tmp_path / "notes.png").is_file()

@@ -214,3 +214,20 @@ def test_merge_of_shards_equals_one_run(tiny_folder: Path, tmp_path: Path) -> No
     merged = TopK.load(tmp_path / "a.npz").merge(TopK.load(tmp_path / "b.npz"))
     assert merged == whole and merged.skipped == whole.skipped
     assert merged.merge(b) == whole  # overlap: counted once
+
+
+def test_records_min_value_and_firing_counts() -> None:
+    """min_value=0 keeps only slots where the unit fired; firing_counts counts them."""
+    state = TopK({"l": (3, 2, 2)}, k=3)
+    a = np.zeros((4, 3, 2, 2), np.float32)  # channel 0 fires in every image, 1 in one, 2 never
+    a[:, 0] = np.arange(1, 5, dtype=np.float32)[:, None, None]
+    a[2, 1, 1, 0] = 0.5
+    a[:, 2] = -1.0
+    state.update("l", a, np.arange(4))
+    counts = state.firing_counts()["l"]
+    assert counts.tolist() == [3, 1, 0]
+    every = state.records()
+    assert len(every) == 9  # the table itself keeps all k slots of every channel
+    fired = state.records(min_value=0.0)
+    assert [(r["channel"], r["image"]) for r in fired] == [(0, 3), (0, 2), (0, 1), (1, 2)]
+    assert fired[-1]["y"] == 1 and fired[-1]["x"] == 0 and fired[-1]["value"] == 0.5

@@ -280,24 +280,44 @@ class TopK:
         return start
 
     # -- results ---------------------------------------------------------------
-    def records(self, paths: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    def records(self, paths: Sequence[str] | None = None, min_value: float | None = None) -> list[dict[str, Any]]:
         """Every filled slot as a dict: layer, channel, rank, image, [path], y, x, value.
 
         Ordered by layer (mining order), channel, rank (0 = strongest).
+
+        Parameters
+        ----------
+        paths : sequence of str, optional
+            The folder's paths, to add ``path`` to each record.
+        min_value : float, optional
+            Keep only slots whose value is strictly greater (``0.0``: only
+            activations where the unit fired, the top-9 pipeline's choice).  A unit
+            that fired in fewer than ``k`` images then has fewer records, and a unit
+            that never fired (a *dead* unit) has none.
         """
         out = []
         for name, t in self.layers.items():
             for c in range(t.channels):
                 for r in range(t.k):
                     n = int(t.images[c, r])
-                    if n < 0:
-                        break
+                    if n < 0 or (min_value is not None and not t.values[c, r] > min_value):
+                        break  # slots are sorted best first: the rest are empty or weaker
                     rec = {"layer": name, "channel": c, "rank": r, "image": n}
                     if paths is not None:
                         rec["path"] = paths[n]
                     rec.update(y=int(t.ys[c, r]), x=int(t.xs[c, r]), value=float(t.values[c, r]))
                     out.append(rec)
         return out
+
+    def firing_counts(self, threshold: float = 0.0) -> dict[str, np.ndarray]:
+        """Per layer, how many of each channel's ``k`` slots hold a value above ``threshold``.
+
+        ``count[c] = #{r : values[c, r] > threshold}``, an int array ``(C,)`` with
+        values in ``0..k``: ``min(k, number of images in which channel c fired)``.
+        ``0`` is a *dead* unit (it never fired on this data; the paper's Fig. 6
+        counts them), ``0 < count < k`` a *weak* one.
+        """
+        return {name: (t.values > threshold).sum(axis=1).astype(np.int64) for name, t in self.layers.items()}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TopK):

@@ -26,7 +26,7 @@ from ..deconvnet.patches import UnitView
 from ..errors import ConfigError
 from .render import PAGE, caption, fit_tile, grid, hstack, vstack
 
-__all__ = ["select_units", "unit_block", "layer_figure"]
+__all__ = ["select_units", "unit_block", "unit_label", "layer_figure"]
 
 
 def select_units(
@@ -122,6 +122,20 @@ def unit_block(
     return caption(img, label, size=11)
 
 
+def unit_label(channel: int, views: Sequence[UnitView], k: int) -> str:
+    """Caption of a unit: ``ch C  max V``, saying so when it fired in fewer than ``k`` images.
+
+    ``views`` are the unit's records that fired (value > 0); an empty list is a
+    dead unit, drawn with empty slots rather than zero-valued "exemplars".
+    """
+    if not views:
+        return f"ch {channel}  DEAD: never fired"
+    top = max(v.value for v in views)
+    if len(views) < k:
+        return f"ch {channel}  max {top:.3g}  fired in {len(views)} image{'s' if len(views) != 1 else ''}"
+    return f"ch {channel}  max {top:.3g}"
+
+
 def layer_figure(
     layer: str,
     views_by_channel: Mapping[int, Sequence[UnitView]],
@@ -151,7 +165,8 @@ def layer_figure(
     uint8 (H, W, 3)
     """
     blocks = [
-        unit_block(views_by_channel[c], k, tile, None if filters is None else filters.get(c))
+        unit_block(views_by_channel[c], k, tile, None if filters is None else filters.get(c),
+                   label=unit_label(c, views_by_channel[c], k))
         for c in sorted(views_by_channel)
     ]
     body = grid(blocks, cols, pad=14, bg=PAGE)

@@ -96,6 +96,7 @@ def write_gallery(
     title: str = "Top-9 gallery",
     notes: str = "",
     unit_thumbs: Mapping[str, Mapping[int, np.ndarray]] | None = None,
+    k: int | None = None,
 ) -> Path:
     """Write the gallery folder.
 
@@ -116,6 +117,9 @@ def write_gallery(
     unit_thumbs : mapping layer -> mapping channel -> uint8 image, optional
         Thumbnails for the layer pages (e.g. :func:`~zfnet.figures.unit_block`);
         default: the unit's rank-0 projection beside its patch.
+    k : int, optional
+        Slots per unit (the top k); with it, a unit with fewer views is labelled as
+        having fired in fewer images, and one with none as dead.
 
     Returns
     -------
@@ -137,7 +141,7 @@ def write_gallery(
         )
     index_parts.append("</ul>")
     for layer, units in views.items():
-        _write_layer(out, layer, units, pictures or {}, (unit_thumbs or {}).get(layer))
+        _write_layer(out, layer, units, pictures or {}, (unit_thumbs or {}).get(layer), k)
         if layer_figures and layer in layer_figures:
             dst = out / "figures" / f"{_slug(layer)}.png"
             shutil.copyfile(layer_figures[layer], dst)
@@ -160,7 +164,8 @@ def _slug(layer: str) -> str:
 
 
 def _write_layer(out: Path, layer: str, units: Mapping[int, Sequence[UnitView]],
-                 pictures: Mapping[int, np.ndarray], thumbs: Mapping[int, np.ndarray] | None) -> None:
+                 pictures: Mapping[int, np.ndarray], thumbs: Mapping[int, np.ndarray] | None,
+                 k: int | None = None) -> None:
     ldir = out / _slug(layer)
     idir = ldir / "img"
     idir.mkdir(parents=True)
@@ -185,8 +190,16 @@ def _write_layer(out: Path, layer: str, units: Mapping[int, Sequence[UnitView]],
                 f'<td class="meta">value {v.value:.6g}<br>image #{v.image}<br>{html.escape(v.path)}<br>'
                 f"map (y, x) = ({v.y}, {v.x})<br>box rows {y0}..{y1}, cols {x0}..{x1}</td></tr>"
             )
+        if not vs:
+            fired = ("<strong>Dead unit:</strong> it never fired (no positive activation in any image of the "
+                     "folder), so it has no patches to show. ")
+        elif k is not None and len(vs) < k:
+            fired = (f"It fired (activation &gt; 0) in only {len(vs)} image{'s' if len(vs) != 1 else ''}; "
+                     f"the other {k - len(vs)} of the top {k} slots are empty. ")
+        else:
+            fired = ""
         body = (
-            f'<p class="note">Channel {c} of {html.escape(layer)}: its {len(vs)} strongest activations over the '
+            f'<p class="note">{fired}Channel {c} of {html.escape(layer)}: its {len(vs)} strongest activations over the '
             "image folder, one per image. Projection: the deconvnet projection of that one activation, "
             "contrast stretched per patch (grey = zero). Patch: the input under the unit's receptive field; "
             "checkerboard = outside the image.</p>"
@@ -204,7 +217,9 @@ def _write_layer(out: Path, layer: str, units: Mapping[int, Sequence[UnitView]],
         if thumb is not None:
             save_png(thumb, idir / f"c{c}_thumb.png")
             img = f'<img src="img/c{c}_thumb.png" alt="channel {c}">'
-        top = f"{vs[0].value:.4g}" if vs else "-"
-        cards.append(f'<div class="unit"><a href="unit_{c}.html">{img}channel {c}</a> &middot; max {top}</div>')
+        top = f"max {vs[0].value:.4g}" if vs else "<strong>dead</strong> (never fired)"
+        if vs and k is not None and len(vs) < k:
+            top += f" (fired in {len(vs)})"
+        cards.append(f'<div class="unit"><a href="unit_{c}.html">{img}channel {c}</a> &middot; {top}</div>')
     body = f'<div class="units">{"".join(cards)}</div>'
     (ldir / "index.html").write_text(_page(f"{layer}: {len(units)} units", body, up="../index.html"), encoding="utf-8")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._files import atomic_write
 from ..backend import to_device as _to_device
 from ..data import ImageBatches, ImageFolder, Transform, TransformConfig, summarize_skips
 from ..data.transforms import Skipped
@@ -123,10 +125,16 @@ class Top9Result:
         text = summarize_skips(self.state.n_images, skipped, notes)
         resumed = f" (resumed at image {self.resumed_from:,})" if self.resumed_from else ""
         layers = ", ".join(f"{n} ({t.channels} ch)" for n, t in self.state.layers.items())
+        firing = self.state.firing_counts(0.0)
+        dead = ", ".join(f"{n} {int((f == 0).sum())} of {len(f)}" for n, f in firing.items())
+        weak = sum(int(((f > 0) & (f < self.state.k)).sum()) for f in firing.values())
+        units = (f"Dead units (never fired on these images): {dead}; {weak} more fired in fewer than "
+                 f"{self.state.k} images (their empty slots are left empty). ")
         return (
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
             f"{self.weights_label or 'the given weights'}: {text}. "
             + _ignored_sentence(self.ignored)
+            + units
             + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
                if self.images_per_second > 0 else "Nothing was left to mine. ")
             + f"everything {self.seconds_total:.1f} s; "
@@ -145,6 +153,22 @@ def _ignored_sentence(paths: list[str]) -> str:
     names = ", ".join(paths[:5]) + (", ..." if len(paths) > 5 else "")
     return (f"{len(paths):,} file{'s' if many else ''} with extensions no image reader knows "
             f"{'were' if many else 'was'} not read ({names}; listed under 'ignored' in top9.json). ")
+
+
+def _remove_stale_figures(out: Path, written) -> list[Path]:
+    """Delete ``fig2_*.png`` and ``filters_*.png`` in ``out`` that this run did not write.
+
+    A re-run into the same folder with fewer layers (or another model) must not
+    leave figures of the earlier run beside the new ``top9.json``.
+    """
+    keep = {Path(p).resolve() for p in written}
+    removed = []
+    for pattern in ("fig2_*.png", "filters_*.png"):
+        for p in out.glob(pattern):
+            if p.resolve() not in keep:
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "img"):
@@ -274,7 +298,10 @@ def run_top9(
 
     # top9.json: every result, with its receptive-field box.
     rfs = receptive_fields(model)
-    records = state.records(folder.paths)
+    # Only activations where a unit fired (> 0) are exemplars; a unit that fired in
+    # fewer than k images gets fewer records, a dead unit none (docs/visualize.md).
+    records = state.records(folder.paths, min_value=0.0)
+    firing = state.firing_counts(0.0)
     for r in records:
         if r["layer"] in rfs:
             r["box"] = list(unit_box(rfs, r["layer"], r["y"], r["x"], clip=False))
@@ -291,9 +318,14 @@ def run_top9(
         "skipped": state.skipped,
         "ignored": folder.ignored_paths,
         "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
+        "firing_note": (f"results hold only activations > 0 (where the unit fired): a unit that fired in "
+                        f"fewer than k = {k} images has fewer results, a dead unit (listed under dead_units) none"),
+        "dead_units": {n: [int(c) for c in np.flatnonzero(f == 0)] for n, f in firing.items()},
+        "weak_units": {n: {str(int(c)): int(f[c]) for c in np.flatnonzero((f > 0) & (f < k))}
+                       for n, f in firing.items()},
         "results": records,
     }
-    (out / "top9.json").write_text(json.dumps(doc, indent=0), encoding="utf-8")
+    atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
 
     # Projections and patches of the chosen units, figures, gallery.
     figures: dict[str, Path] = {}
@@ -331,7 +363,10 @@ def run_top9(
                  f"Projections use the {rule} rule.")
         gallery_index = write_gallery(out / "gallery", by_layer, pictures=pictures, layer_figures=figures,
                                       extra_figures=extra, title=f"{model.arch}: top-{k} units", notes=notes,
-                                      unit_thumbs=thumbs)
+                                      unit_thumbs=thumbs, k=k)
+    elif (out / "gallery").is_dir():
+        shutil.rmtree(out / "gallery")  # a gallery of an earlier run would not match these results
+    _remove_stale_figures(out, figures.values())
     return Top9Result(
         out=out, state=state, n_files=n_files, n_read=state.n_images, skipped=state.skipped, notes=state.notes,
         seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
