@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,30 @@ def test_feature_layer_names():
     names = build("squeezenet1_0").feature_layer_names()
     assert names[0] == "conv1" and names[-1] == "conv_final"
     assert [n for n in names if n.startswith("fire")] == [f"fire{i}" for i in range(2, 10)]
+
+
+def test_wrong_input_size_names_the_size_the_network_expects() -> None:
+    import zfnet
+
+    model = zfnet.models.zfnet(num_classes=10, fc_width=32)
+    with pytest.raises(zfnet.ShapeError, match=r"expects inputs of \(N, 3, 224, 224\), got \(N, 3, 100, 100\); "
+                                               r"at layer fc6"):
+        model(np.zeros((1, 3, 100, 100), np.float32))
+
+
+def test_import_zfnet_is_lazy_and_exposes_subpackages() -> None:
+    """``import zfnet`` imports no subpackage; ``zfnet.models`` etc. work on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zfnet; heavy = [m for m in ('zfnet.ops', 'zfnet.models', 'zfnet.figures', 'numpy') "
+            "if m in sys.modules]; print(heavy); print(callable(zfnet.models.zfnet), zfnet.ops.conv2d.__name__, "
+            "'models' in dir(zfnet))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parent.parent)).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "True conv2d True"
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        import zfnet
+
+        zfnet.nonsense  # noqa: B018

@@ -219,7 +219,10 @@ class Network:
         keep = None if keep is None else set(keep)
         trace = Trace(input_shape=tuple(x.shape), keep_caches=caches)
         for layer in self.layers[: stop + 1]:
-            x = layer.forward(x, trace)
+            try:
+                x = layer.forward(x, trace)
+            except ShapeError as e:
+                raise ShapeError(self._input_size_hint(layer.name, trace.input_shape, e)) from None
             trace.activations[layer.name] = x
         if keep is not None:
             trace.activations = {k: v for k, v in trace.activations.items() if k in keep}
@@ -228,6 +231,16 @@ class Network:
         return trace
 
     __call__ = forward
+
+    def _input_size_hint(self, layer: str, shape: tuple, error: Exception) -> str:
+        """A layer's shape error, with the input size the network expects when it differs."""
+        want = tuple(int(v) for v in self.input_size)
+        got = tuple(int(v) for v in shape[2:])
+        if got == want:
+            return f"{self.arch}, layer {layer}: {error}"
+        return (f"{self.arch} expects inputs of (N, 3, {want[0]}, {want[1]}), got (N, 3, {got[0]}, {got[1]}); "
+                f"at layer {layer}: {error}. Resize or crop "
+                f"the image to {want[0]}x{want[1]} (model.preprocess does)")
 
     def deconv(self, signal, trace: Trace, layer: str, rule: str = "deconvnet"):
         """Send ``signal`` (in the space of activation ``layer``) down to the pixels.
