@@ -42,7 +42,14 @@ from pathlib import Path  # noqa: E402
 from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+try:
+    import torch  # noqa: E402
+except ModuleNotFoundError:  # the comparison needs PyTorch; say how to get it rather than a traceback
+    print("python -m benchmarks: the benchmarks compare zfnet with PyTorch, which is not installed; install "
+          "the CPU build with: pip install torch --index-url https://download.pytorch.org/whl/cpu",
+          file=sys.stderr)
+    raise SystemExit(2) from None
 import torch.nn.functional as F  # noqa: E402
 
 from zfnet import ops  # noqa: E402

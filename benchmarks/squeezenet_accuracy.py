@@ -65,8 +65,9 @@ def evaluate(model, folder: ImageFolder, labels: np.ndarray, geometry: str, batc
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", default=SHARED / "weights/squeezenet1_0/squeezenet1_0_deep_compression.npz")
-    p.add_argument("--data", default=SHARED / "data/imagenette/val")
+    p.add_argument("--weights", default=SHARED / "weights/squeezenet1_0/squeezenet1_0_deep_compression.npz",
+                   help="SqueezeNet v1.0 ImageNet weights (Caffe-named .npz)")
+    p.add_argument("--data", default=SHARED / "data/imagenette/val", help="Imagenette val folder (<wnid>/<image>)")
     p.add_argument("--classes", default=SHARED / "data/imagenet_classes.txt",
                    help="1000 lines 'wnid name' in ImageNet index order")
     p.add_argument("--geometry", choices=["caffe", "direct", "both"], default="both")
@@ -75,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only the first N images (in folder order)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
+    needed = [("--weights", args.weights, "SqueezeNet v1.0 ImageNet weights (Caffe-named .npz)", Path.is_file),
+              ("--data", args.data, "the Imagenette validation images, <wnid>/<image>", Path.is_dir),
+              ("--classes", args.classes, "ImageNet's 1000 classes, lines 'wnid name' in index order", Path.is_file)]
+    missing = [(opt, path, what) for opt, path, what, ok in needed if not ok(Path(path))]
+    if missing:
+        print("squeezenet_accuracy: missing input; this benchmark needs (found beside the repository in "
+              f"{SHARED} on the project's machines, or given with the options):", file=sys.stderr)
+        for opt, path, what in missing:
+            print(f"  {opt} {path}: {what}", file=sys.stderr)
+        return 2
 
     wnids = [line.split()[0] for line in Path(args.classes).read_text().splitlines() if line.strip()]
     index = {w: i for i, w in enumerate(wnids)}

@@ -6,10 +6,13 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..models import ARCHITECTURES
+
     p = sub.add_parser("rf", help="print the receptive-field table of an architecture",
                        description="Print each layer's kernel, stride, padding, output size, "
                                    "receptive-field size, jump and start (input coordinate of unit 0's centre).")
-    p.add_argument("--arch", default="zfnet", help="zfnet, alexnet, alexnet-torchvision, squeezenet1_0 (default zfnet)")
+    p.add_argument("--arch", default="zfnet", choices=ARCHITECTURES,
+                   help=f"architecture: {', '.join(ARCHITECTURES)} (default zfnet)")
     p.set_defaults(func=run)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from . import _args
+from ._args import FORCE_HELP, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 # train flag -> TrainConfig field (None default = "not given": the config's default,
 # or on --resume the checkpoint's value)
@@ -21,8 +23,25 @@ _CONFIG_FLAGS = {
     "arch": str, "fc_width": int, "epochs": int, "batch_size": int, "lr": float, "momentum": float,
     "weight_decay": float, "schedule": str, "warmup_epochs": float, "gamma": float, "min_scale": float,
     "renorm_radius": float, "input_size": int, "seed": int, "eval_every": int, "val_limit": int,
-    "train_limit": int, "log_every": int, "snapshot_dtype": str,
+    "train_limit": int, "log_every": int, "snapshot_dtype": str, "input_scale": str, "init_std": float,
+    "conv1_init_std": float,
 }
+
+
+_DEVICE_HELP = "auto (gpu when CuPy sees a CUDA device, else cpu), cpu, or gpu (default auto)"
+
+
+def _std_or_he(text: str):
+    """A positive standard deviation, or "he" for He-normal initialisation."""
+    if text.strip().lower() == "he":
+        return "he"
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'he', got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'he', got {text!r}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,103 +50,224 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a network on a packed dataset (zfnet pack-data) or an image folder with "
                     "train/<class>/ and val/<class>/ subfolders. Writes OUT/last.npz every epoch (resume with "
                     "--resume), weight snapshots OUT/epoch-NNN.npz and OUT/final.npz, and OUT/metrics.jsonl.")
-    p.add_argument("--data", required=True, help="packed folder (with meta.json) or a folder with train/ and val/")
-    p.add_argument("--out", default=None, help="run folder (default runs/ARCH)")
+    p.add_argument("--data", required=True, metavar="FOLDER",
+                   help="packed folder (with meta.json) or a folder with train/ and val/")
+    p.add_argument("--out", default=None, metavar="FOLDER",
+                   help="run folder, created if needed (default runs/ARCH); without --resume a rerun starts over "
+                        "and replaces the files it writes there")
     p.add_argument("--arch", choices=("zfnet", "alexnet", "alexnet-torchvision"), default=None,
                    help="architecture (default zfnet)")
-    p.add_argument("--fc-width", type=int, default=None, help="width of fc6/fc7 (default 1024)")
-    p.add_argument("--epochs", type=int, default=None, help="default 30")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 0.01)")
-    p.add_argument("--momentum", type=float, default=None, help="default 0.9")
-    p.add_argument("--weight-decay", type=float, default=None, help="on weights, not biases (default 5e-4)")
-    p.add_argument("--schedule", choices=("cosine", "step"), default=None, help="default cosine")
-    p.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up (default 1)")
-    p.add_argument("--milestones", type=int, nargs="*", default=None, help="step schedule epochs (default 15 25)")
-    p.add_argument("--gamma", type=float, default=None, help="step schedule factor (default 0.1)")
-    p.add_argument("--min-scale", type=float, default=None, help="smallest crop area fraction (default 0.35)")
+    p.add_argument("--fc-width", type=positive_int, default=None, help="width of fc6/fc7 (default 1024)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs to train (default 30)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="images per step (default 128)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 0.01)")
+    p.add_argument("--momentum", type=_args.float_in(0, 1, high_open=True), default=None,
+                   help="SGD momentum, in [0, 1) (default 0.9)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None,
+                   help="on weights, not biases (default 5e-4)")
+    p.add_argument("--schedule", choices=("cosine", "step"), default=None,
+                   help="learning-rate schedule after warm-up: cosine decay to 0, or step (times --gamma at each of "
+                        "--milestones) (default cosine)")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=None, help="linear warm-up (default 1)")
+    p.add_argument("--milestones", type=positive_int, nargs="*", default=None,
+                   help="step schedule epochs (default 15 25)")
+    p.add_argument("--gamma", type=positive_float, default=None, help="step schedule factor (default 0.1)")
+    p.add_argument("--min-scale", type=_args.float_in(0, 1, low_open=True), default=None,
+                   help="smallest random-crop area fraction, in (0, 1] (default 0.35)")
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips")
-    p.add_argument("--renorm-radius", type=float, default=None,
+    p.add_argument("--renorm-radius", type=nonnegative_float, default=None,
                    help="filter RMS radius, 0 = off (default 1.0; see docs/training.md)")
-    p.add_argument("--input-size", type=int, default=None, help="network input side (default 224)")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--keep-epochs", type=int, nargs="*", default=None,
-                   help="epochs whose weights are kept for Fig. 4 (default 1 2 5 10 20; final always)")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N epochs (default 1)")
-    p.add_argument("--val-limit", type=int, default=None, help="validate on an evenly spaced subset")
-    p.add_argument("--train-limit", type=int, default=None, help="train on an evenly spaced subset")
-    p.add_argument("--log-every", type=int, default=None, help="steps per metrics record (default 20)")
-    p.add_argument("--snapshot-dtype", choices=("float16", "float32"), default=None)
-    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="gpu needs CuPy and a CUDA device (auto: gpu when available)")
+    p.add_argument("--input-size", type=_args.int_at_least(16), default=None,
+                   help="network input side, >= 16 (default 224)")
+    p.add_argument("--input-scale", choices=("unit", "pixel"), default=None,
+                   help="unit: (pixel/255 - mean)/std with ImageNet's mean/std; pixel: pixel - 255*mean, "
+                        "the paper's [-128, 128] (default unit)")
+    p.add_argument("--init-std", type=_std_or_he, default=None, metavar="STD|he",
+                   help="draw every conv/fc weight from N(0, STD^2) (the paper: 0.01); 'he' = N(0, 2/fan_in) "
+                        "(default he)")
+    p.add_argument("--conv1-init-std", type=_std_or_he, default=None, metavar="STD|he",
+                   help="conv1's weights from N(0, STD^2) whatever --init-std says; 'he' = as the other layers")
+    p.add_argument("--seed", type=nonnegative_int, default=None,
+                   help="seed of initialisation and data order (default 0)")
+    p.add_argument("--keep-epochs", type=nonnegative_int, nargs="*", default=None,
+                   help="epochs whose weights are kept for Fig. 4, 0 = the initial weights (default 1 2 5 10 20; "
+                        "final always)")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N epochs (default 1)")
+    p.add_argument("--val-limit", type=positive_int, default=None,
+                   help="validate on an evenly spaced subset of this many images (default: all)")
+    p.add_argument("--train-limit", type=positive_int, default=None,
+                   help="train on an evenly spaced subset of this many images (default: all)")
+    p.add_argument("--log-every", type=positive_int, default=None, help="steps per metrics record (default 20)")
+    p.add_argument("--snapshot-dtype", choices=("float16", "float32"), default=None,
+                   help="precision of the kept weight snapshots epoch-NNN.npz and final.npz (default float16; "
+                        "last.npz, the resume checkpoint, is always exact)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help=_DEVICE_HELP)
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.npz if it exists")
-    p.add_argument("--time-limit", type=float, default=None,
+    p.add_argument("--time-limit", type=positive_float, default=None,
                    help="minutes; stop cleanly (checkpoint written) after the step that passes it")
-    p.add_argument("--stop-at-epoch", type=int, default=None,
+    p.add_argument("--stop-at-epoch", type=positive_int, default=None,
                    help="stop cleanly once this many epochs are done (resume later with --resume)")
-    p.add_argument("--workers", type=int, default=4, help="threads decoding the data (default 4)")
+    p.add_argument("--workers", type=positive_int, default=4, help="threads decoding the data (default 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, check=check_train)
 
     q = sub.add_parser(
         "pack-data", help="pack an image dataset into uint8 .npy shards for training",
         description="Pack SRC/<split>/<class>/<image> (e.g. Imagenette) into DST: meta.json, labels and shards "
                     "each below --shard-mib, so a GPU machine can receive them one transfer at a time.")
     q.add_argument("src", help="dataset root holding the split folders")
-    q.add_argument("dst", help="output folder")
-    q.add_argument("--splits", nargs="+", default=["train", "val"], help="default: train val")
-    q.add_argument("--size", type=int, default=224, help="side of the stored square images (default 224)")
+    q.add_argument("dst", help="output folder (created if needed; the splits packed are replaced, "
+                               "others already there are kept)")
+    q.add_argument("--splits", nargs="+", default=["train", "val"],
+                   help="split folders to pack (default: train val)")
+    q.add_argument("--size", type=_args.int_at_least(16), default=224,
+                   help="side of the stored square images, >= 16 (default 224)")
     q.add_argument("--encoding", choices=("jpeg", "raw"), default="jpeg",
                    help="jpeg: source JPEG bytes (re-encoded only when resized); raw: pixels (default jpeg)")
-    q.add_argument("--shard-mib", type=float, default=48.0, help="largest shard in MiB (default 48)")
-    q.add_argument("--class-names", default=None, help="file of 'wnid name' lines (default: built-in Imagenette)")
-    q.add_argument("--workers", type=int, default=2)
-    q.set_defaults(func=run_pack)
+    q.add_argument("--shard-mib", type=positive_float, default=48.0, help="largest shard in MiB (default 48)")
+    q.add_argument("--class-names", default=None,
+                   help="text file of 'wnid name' lines (default: built-in Imagenette)")
+    q.add_argument("--workers", type=positive_int, default=2, help="image decoding threads (default 2)")
+    q.set_defaults(func=run_pack, check=check_pack)
 
     e = sub.add_parser("evaluate", help="top-1 accuracy of weights on a labelled split",
                        description="Evaluate weights (native .npz) on a packed dataset or image folder split, "
                                    "each image seen whole at the weights' input size.")
-    e.add_argument("--weights", required=True)
-    e.add_argument("--data", required=True, help="packed folder or a folder with <split>/<class>/ images")
-    e.add_argument("--split", default="val")
-    e.add_argument("--batch-size", type=int, default=100)
-    e.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    e.add_argument("--json", default=None, help="also write the result here as JSON")
-    e.set_defaults(func=run_evaluate)
+    e.add_argument("--weights", required=True, metavar="FILE", help="weights file (.npz, .pth, .caffemodel)")
+    e.add_argument("--data", required=True, metavar="FOLDER",
+                   help="packed folder or a folder with <split>/<class>/ images")
+    e.add_argument("--split", default="val", help="split to evaluate (default val)")
+    e.add_argument("--batch-size", type=positive_int, default=100, help="images per forward pass (default 100)")
+    e.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help=_DEVICE_HELP)
+    e.add_argument("--json", default=None, metavar="NAME.json",
+                   help="also write the result to this .json file (replaced only with --force)")
+    e.add_argument("--force", action="store_true", help=FORCE_HELP)
+    e.set_defaults(func=run_evaluate, check=check_evaluate)
 
     f4 = sub.add_parser("fig4", help="Fig. 4: feature evolution over a run's checkpoints",
                         description="For a few units per conv layer, project the strongest activation over a fixed "
                                     "subset of images at each kept checkpoint (rows = units, columns = epochs).")
-    f4.add_argument("--run", default=None, help="run folder of zfnet train (uses epoch-*.npz and final.npz)")
-    f4.add_argument("--checkpoints", nargs="*", default=None, help="weight files in training order (instead of --run)")
-    f4.add_argument("--data", required=True, help="packed folder or folder with <split>/<class>/ images")
+    which = f4.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", default=None, metavar="FOLDER",
+                       help="run folder of zfnet train (uses its epoch-*.npz and final.npz)")
+    which.add_argument("--checkpoints", nargs="+", default=None, metavar="FILE",
+                       help="weight files in training order (instead of --run)")
+    f4.add_argument("--data", required=True, metavar="FOLDER",
+                    help="packed folder or folder with <split>/<class>/ images")
     f4.add_argument("--split", default="train", help="images searched (default train, as in the paper)")
-    f4.add_argument("--images", type=int, default=256, help="size of the evenly spaced subset (default 256)")
-    f4.add_argument("--units", type=int, default=4, help="units per layer (default 4)")
-    f4.add_argument("--layers", nargs="*", default=None, help="default: every conv layer")
-    f4.add_argument("--tile", type=int, default=64)
-    f4.add_argument("--seed", type=int, default=0, help="choice of units")
-    f4.add_argument("--out", default="fig4.png")
-    f4.add_argument("--json", default=None, help="record of the chosen units and images")
-    f4.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    f4.set_defaults(func=run_fig4)
+    f4.add_argument("--images", type=positive_int, default=256, help="size of the evenly spaced subset (default 256)")
+    f4.add_argument("--units", type=positive_int, default=4, help="units per layer (default 4)")
+    f4.add_argument("--layers", nargs="+", default=None, help="layers, e.g. conv1 conv2 (default: every conv layer)")
+    f4.add_argument("--tile", type=positive_int, default=64, help="side of each projection in pixels (default 64)")
+    f4.add_argument("--seed", type=nonnegative_int, default=0, help="seed for the choice of units (default 0)")
+    f4.add_argument("--out", default="fig4.png", metavar="NAME.png",
+                    help="output .png, relative to the current folder (default fig4.png; replaced only with --force)")
+    f4.add_argument("--json", default=None, metavar="NAME.json",
+                    help="also write the record of the chosen units and images to this .json file")
+    f4.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help=_DEVICE_HELP)
+    f4.add_argument("--force", action="store_true", help=FORCE_HELP)
+    f4.set_defaults(func=run_fig4, check=check_fig4)
 
     f6 = sub.add_parser("fig6", help="Fig. 6: first-layer filters, layer-2 projections and measures of two networks",
                         description="Side by side for each network: conv1 filters (per-filter and shared scaling), "
                                     "conv2 projections; measures dead conv1 filters, high-frequency/aliasing energy "
                                     "of conv2 projections, and validation accuracy.")
-    f6.add_argument("--weights", nargs="+", required=True, help="weight files, e.g. alexnet then zfnet")
-    f6.add_argument("--labels", nargs="*", default=None)
-    f6.add_argument("--data", required=True)
-    f6.add_argument("--split", default="val")
-    f6.add_argument("--images", type=int, default=256)
-    f6.add_argument("--units", type=int, default=16, help="conv2 units per network (default 16)")
+    f6.add_argument("--weights", nargs="+", required=True, metavar="FILE", help="weight files, e.g. alexnet then zfnet")
+    f6.add_argument("--labels", nargs="+", default=None,
+                    help="one column title per weight file (default: architecture, conv1 kernel and stride)")
+    f6.add_argument("--data", required=True, metavar="FOLDER",
+                    help="packed folder or folder with <split>/<class>/ images")
+    f6.add_argument("--split", default="val", help="split the images (and with --evaluate, the accuracy) come from "
+                                                   "(default val)")
+    f6.add_argument("--images", type=positive_int, default=256,
+                    help="size of the evenly spaced image subset projected (default 256)")
+    f6.add_argument("--units", type=positive_int, default=16, help="conv2 units per network (default 16)")
     f6.add_argument("--evaluate", action="store_true",
                     help="measure top-1 on the whole split (default: the accuracy stored by training)")
-    f6.add_argument("--out", default="fig6.png")
-    f6.add_argument("--json", default=None)
-    f6.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
-    f6.set_defaults(func=run_fig6)
+    f6.add_argument("--out", default="fig6.png", metavar="NAME.png",
+                    help="output .png, relative to the current folder (default fig6.png; replaced only with --force)")
+    f6.add_argument("--json", default=None, metavar="NAME.json",
+                    help="also write the measures and their definitions to this .json file")
+    f6.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto", help=_DEVICE_HELP)
+    f6.add_argument("--force", action="store_true", help=FORCE_HELP)
+    f6.set_defaults(func=run_fig6, check=check_fig6)
+
+
+def _check_data(option: str, data: str, splits: list[str]) -> None:
+    """``data`` is a packed folder, or a folder with at least one of ``splits`` inside."""
+    _args.existing_folder(option, data)
+    root = Path(data)
+    if not (root / "meta.json").exists() and not any((root / s).is_dir() for s in splits):
+        raise argparse.ArgumentTypeError(
+            f"argument {option}: {data!r} is neither a packed dataset (no meta.json) nor a folder with "
+            f"{' or '.join(s + '/' for s in splits)} inside")
+
+
+def _check_json(args: argparse.Namespace) -> None:
+    if args.json:
+        _args.output_file("--json", args.json, ".json", args.force)
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet train`` (see :mod:`zfnet.cli._args`)."""
+    _check_data("--data", args.data, ["train"])
+    _args.output_folder("--out", args.out or os.path.join("runs", args.arch or "zfnet"))
+    _args.check_device("--device", args.device)
+
+
+def check_pack(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet pack-data``."""
+    _args.existing_folder("SRC", args.src)
+    missing = [s for s in args.splits if not (Path(args.src) / s).is_dir()]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            f"argument SRC: {args.src!r} has no split folder {', '.join(missing)} (expected SRC/<split>/<class>/"
+            "<image>; choose the splits with --splits)")
+    _args.output_folder("DST", args.dst)
+    if args.class_names:
+        _args.existing_file("--class-names", args.class_names)
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet evaluate``."""
+    _args.existing_file("--weights", args.weights)
+    _check_data("--data", args.data, [args.split])
+    _args.check_device("--device", args.device)
+    _check_json(args)
+
+
+def check_fig4(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet fig4``."""
+    if args.run is not None:
+        _args.existing_folder("--run", args.run)
+        run = Path(args.run)
+        if not any(run.glob("epoch-*.npz")) and not (run / "final.npz").exists():
+            raise argparse.ArgumentTypeError(f"argument --run: no checkpoints in {args.run!r} "
+                                             "(expected epoch-*.npz and final.npz from zfnet train)")
+    for path in args.checkpoints or ():
+        _args.existing_file("--checkpoints", path)
+    _check_data("--data", args.data, [args.split])
+    _args.output_file("--out", args.out, ".png", args.force)
+    _check_json(args)
+    _args.check_device("--device", args.device)
+
+
+def check_fig6(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet fig6``."""
+    for path in args.weights:
+        _args.existing_file("--weights", path)
+    if args.labels is not None and len(args.labels) != len(args.weights):
+        raise argparse.ArgumentTypeError(f"argument --labels: {len(args.labels)} labels for "
+                                         f"{len(args.weights)} weight files; give one per file")
+    _check_data("--data", args.data, [args.split])
+    _args.output_file("--out", args.out, ".png", args.force)
+    _check_json(args)
+    _args.check_device("--device", args.device)
+
+
+def _write_json(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
 
 
 def _device(name: str) -> str:
@@ -160,6 +300,7 @@ def load_split(data: str, split: str, size: int | None = None, workers: int = 4,
 
 def _config_from_args(args) -> dict:
     given = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
+    given.update({k: None for k, v in given.items() if v == "he"})  # "he": the models' own initialisation
     if args.milestones is not None:
         given["milestones"] = tuple(args.milestones)
     if args.keep_epochs is not None:
@@ -240,7 +381,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for name, acc in zip(names, res["per_class_acc"]):
         print(f"  {name:<20} {acc:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": str(args.weights), "split": args.split, **res}, indent=1))
+        _write_json(args.json, json.dumps({"weights": str(args.weights), "split": args.split, **res}, indent=1))
     return 0
 
 
@@ -293,7 +434,7 @@ def run_fig4(args: argparse.Namespace) -> int:
     record.update(checkpoints=[str(p) for p in paths], data=args.data, split=args.split,
                   image_paths=subset.paths)
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1))
+        _write_json(args.json, json.dumps(record, indent=1))
     print(f"Fig. 4 of {len(paths)} checkpoints over {len(subset)} {args.split} images: {args.out}")
     return 0
 
@@ -328,7 +469,7 @@ def run_fig6(args: argparse.Namespace) -> int:
     measures["definitions"].update(weights=[str(p) for p in args.weights], data=args.data, split=args.split,
                                    accuracy_source="measured now" if args.evaluate else "stored by training")
     if args.json:
-        Path(args.json).write_text(json.dumps(measures, indent=1))
+        _write_json(args.json, json.dumps(measures, indent=1))
     for label in labels:
         m = measures[label]
         acc = m["val_acc"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["register", "load_model", "demo_weights", "demo_photos", "make_demo_views"]
+from . import _args
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["register", "load_model", "demo_weights", "resolve_weights", "demo_photos", "make_demo_views"]
 
 
 # -- models and weights ----------------------------------------------------------
@@ -67,38 +67,44 @@ def load_model(weights: str | os.PathLike | None, arch: str | None = None):
 
 
 def demo_weights() -> tuple[str | None, str | None, str]:
-    """Which weights ``zfnet demo`` uses: ``(path or None, arch or None, why)``.
+    """The default weights of ``zfnet demo`` (and top9, filters, featuremaps).
 
-    In order of preference:
-
-    1. ``weights/zfnet-imagenette.npz`` committed in this repository (our ZFNet);
-    2. ``../shared/weights/squeezenet1_0/squeezenet1_0_deep_compression.npz`` (real
-       ImageNet weights, present on the project's machines only), if this build
-       can load SqueezeNet;
-    3. none: a randomly initialised ZFNet, which shows the machinery but not what a
-       trained network sees.
+    Returns ``(path or None, arch or None, words saying which)``: the trained ZFNet
+    shipped inside the package (:func:`zfnet.weights.bundled_weights_path`,
+    ``zfnet/_weights/zfnet-imagenette.npz``), or ``(None, None, why)`` when that file
+    is missing (a broken install, or a checkout whose ``weights/zfnet-imagenette.npz``
+    is gone).  A randomly initialised network is never chosen silently: the
+    commands ask for ``--random-weights``.
     """
-    # A clone run in place has the package beside weights/; a pip-installed copy does
-    # not, so the working directory (the clone the README's command runs in) counts too.
-    roots = list(dict.fromkeys([REPO, Path.cwd()]))
-    for root in roots:
-        own = root / "weights" / "zfnet-imagenette.npz"
-        if own.is_file():
-            return str(own), "zfnet", f"the ZFNet weights committed in {own}"
-    for root in roots:
-        shared = root.parent / "shared" / "weights" / "squeezenet1_0" / "squeezenet1_0_deep_compression.npz"
-        if not shared.is_file():
-            continue
-        try:
-            from ..models import build
+    from .. import weights
 
-            build("squeezenet1_0")
-            from ..weights import load  # noqa: F401
-            return str(shared), "squeezenet1_0", "the shared SqueezeNet v1.0 ImageNet weights in ../shared"
-        except Exception:  # noqa: BLE001 -- any failure means: not loadable in this build
-            break
-    return None, "zfnet", ("NO trained weights (weights/zfnet-imagenette.npz not found from here; run from the "
-                           "repository root): a randomly initialised ZFNet")
+    path = weights.bundled_weights_path()
+    if path is not None:
+        return str(path), "zfnet", f"the trained ZFNet shipped with zfnet ({path})"
+    return None, None, ("the trained ZFNet that ships with zfnet (zfnet/_weights/zfnet-imagenette.npz) is missing "
+                        "from this installation")
+
+
+def resolve_weights(args: argparse.Namespace) -> tuple[str | None, str | None, str]:
+    """``(weights, arch, words)`` from ``--weights``, ``--random-weights`` and ``--arch``.
+
+    Raises
+    ------
+    WeightsError
+        No ``--weights``, no ``--random-weights`` and no bundled weights.
+    """
+    if args.random_weights:
+        arch = args.arch or "zfnet"
+        return None, arch, f"random weights (--random-weights): an untrained {arch}"
+    if args.weights:
+        return args.weights, args.arch, f"{args.weights} (--weights)"
+    path, arch, why = demo_weights()
+    if path is None:
+        from ..errors import WeightsError
+
+        raise WeightsError(f"no trained weights: {why}. Reinstall zfnet, give --weights FILE, or give "
+                           "--random-weights to see the machinery with an untrained network")
+    return path, args.arch or arch, why
 
 
 def demo_photos() -> list[tuple[str, "Image.Image"]]:  # noqa: F821
@@ -141,7 +147,8 @@ def make_demo_views(out: Path, n_views: int = 300, seed: int = 0) -> tuple[Path,
 
     Each view is a random square crop (side 35-100% of the photo's shorter side,
     random position) of a photo taken in turn, mirrored left-right half the time,
-    resized to 256 x 256.  The same ``seed`` gives the same files.
+    resized to 256 x 256.  The same ``seed`` gives the same files.  Views that an
+    earlier call wrote under ``out`` are deleted first.
 
     Returns
     -------
@@ -156,6 +163,8 @@ def make_demo_views(out: Path, n_views: int = 300, seed: int = 0) -> tuple[Path,
         raise DataError("no bundled photographs found (matplotlib's sample_data is missing)")
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*/view_*.jpg"):  # an earlier run's views (maybe more of them) are not mined again
+        old.unlink()
     for i in range(n_views):
         name, img = photos[i % len(photos)]
         w, h = img.size
@@ -173,71 +182,172 @@ def make_demo_views(out: Path, n_views: int = 300, seed: int = 0) -> tuple[Path,
 
 # -- commands --------------------------------------------------------------------
 
-def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--weights", required=required, help="weights file (native .npz, or any format zfnet.weights reads)")
-    p.add_argument("--arch", default=None, help="architecture (zfnet, alexnet, alexnet-torchvision, squeezenet1_0); "
-                                                "default: from the weights file, else zfnet")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="where to run (gpu needs CuPy)")
+_WEIGHTS_HELP = ("trained weights file (zfnet .npz, PyTorch .pth or Caffe .caffemodel); default: the trained ZFNet "
+                 "that ships with zfnet (zfnet/_weights/zfnet-imagenette.npz, trained on Imagenette)")
+_OUT_FOLDER_NOTE = "created if needed; files zfnet writes there are replaced on a rerun"
 
 
-def _units_arg(text: str):
-    if text == "all":
-        return "all"
-    if "," in text:
-        return [int(t) for t in text.split(",") if t]
-    return int(text)
+def _add_model_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    from ..models import ARCHITECTURES
+
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--weights", metavar="FILE", help=_WEIGHTS_HELP)
+    which.add_argument("--random-weights", action="store_true",
+                       help="use a randomly initialised network instead of trained weights (shows the machinery, "
+                            "not learned features)")
+    p.add_argument("--arch", default=None, choices=ARCHITECTURES, metavar="ARCH",
+                   help=f"architecture ({', '.join(ARCHITECTURES)}); default: read from the weights file; with "
+                        "--random-weights, the network to build (default zfnet)")
+    if device:
+        p.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                       help="where to compute: cpu, or gpu (needs CuPy and a CUDA device) (default cpu)")
+
+
+def _check_model_args(args: argparse.Namespace) -> None:
+    # --weights is checked by load_model, the first step of every command (before any other work)
+    if getattr(args, "device", None):
+        _args.check_device("--device", args.device)
+
+
+def _filters_paths(out: str, scaling: str) -> list[Path] | None:
+    """The files ``zfnet filters --out OUT.png`` writes (None when OUT is a folder).
+
+    The per-filter picture takes the given name and the shared one adds ``_shared``,
+    as ``filters_<layer>.png`` and ``filters_<layer>_shared.png`` do in a folder.
+    """
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        return None
+    if scaling == "both":
+        return [path, path.with_name(f"{path.stem}_shared{path.suffix}")]
+    return [path]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("top9", help="mine each unit's top-k images over a folder; figures and a gallery",
                        description="For every channel of the chosen layers, find the k strongest activations over "
                                    "an image folder (one per image), project chosen units to pixels with the "
-                                   "deconvnet, and write top9.json, Fig. 2 style PNGs and an offline HTML gallery.")
+                                   "deconvnet, and write top9.json, Fig. 2 style PNGs (fig2_<layer>.png), the "
+                                   "first-layer filters (filters_<layer>.png, filters_<layer>_shared.png) and an "
+                                   "offline HTML gallery (gallery/index.html) into --out.")
     _add_model_args(p)
-    p.add_argument("--images", required=True, help="image folder (searched recursively)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--layers", nargs="+", default=None, help="layers to mine (default: every conv layer)")
-    p.add_argument("--k", type=int, default=9, help="top k per channel (default 9)")
-    p.add_argument("--units", type=_units_arg, default=16,
-                   help="units drawn per layer: a number (chosen reproducibly), 'all', or a list like 3,17,40")
+    p.add_argument("--images", required=True, metavar="FOLDER", help="image folder (searched recursively)")
+    p.add_argument("--out", required=True, metavar="FOLDER", help=f"output folder ({_OUT_FOLDER_NOTE})")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layers to mine, e.g. conv1 conv5 (default: every conv layer; names: zfnet rf --arch ARCH)")
+    p.add_argument("--k", type=_args.positive_int, default=9, help="top k images per channel (default 9)")
+    p.add_argument("--units", type=_args.units, default=16,
+                   help="units drawn per layer: a number (chosen reproducibly), 'all', or channels like 3,17,40 "
+                        "(default 16); every channel is mined and written to top9.json regardless")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/topk_state.npz")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing units")
-    p.add_argument("--rule", default="deconvnet", choices=("deconvnet", "backprop", "guided"))
-    p.add_argument("--tile", type=int, default=48, help="patch size in the figures, pixels (default 48)")
-    p.add_argument("--no-gallery", action="store_true")
-    p.add_argument("--limit", type=int, default=None, help="mine only the first N files")
-    p.set_defaults(func=run_top9_cmd)
+    p.add_argument("--batch-size", type=_args.positive_int, default=32,
+                   help="images per forward pass while mining (default 32)")
+    p.add_argument("--workers", type=_args.positive_int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--seed", type=_args.nonnegative_int, default=0, help="seed for choosing units (default 0)")
+    p.add_argument("--rule", default="deconvnet", choices=("deconvnet", "backprop", "guided"),
+                   help="ReLU rule on the way down: deconvnet rectifies the projected signal (the paper), "
+                        "backprop masks it by the forward input, guided does both (default deconvnet)")
+    p.add_argument("--tile", type=_args.positive_int, default=48,
+                   help="patch size in the figures, pixels (default 48)")
+    p.add_argument("--no-gallery", action="store_true", help="do not write the HTML gallery (OUT/gallery/)")
+    p.add_argument("--limit", type=_args.positive_int, default=None,
+                   help="mine only the first N image files, in folder order (default: all)")
+    p.set_defaults(func=run_top9_cmd, check=check_top9)
 
-    p = sub.add_parser("filters", help="draw first-layer filters (and fc rows) as images")
-    _add_model_args(p, required=False)
-    p.add_argument("--out", required=True, help="output PNG file or folder")
+    p = sub.add_parser(
+        "filters", help="draw first-layer filters (or the rows of a first fc layer) as images",
+        description="Draw the first layer's filters as a grid of colour images, with per-filter contrast (as in "
+                    "the paper's figures), one shared scale (strengths comparable), or both. For a network whose "
+                    "first layer is fully connected, its first 64 weight rows are drawn as images. File names: "
+                    "with --out FOLDER, FOLDER/filters_<layer>.png (per-filter) and FOLDER/filters_<layer>_shared.png "
+                    "(shared), the names zfnet top9 and zfnet demo use (fc_rows_<layer>[_shared].png for an fc "
+                    "layer); with --out NAME.png, NAME.png is the per-filter picture (or the only one) and "
+                    "NAME_shared.png the shared one.")
+    _add_model_args(p, device=False)
+    p.add_argument("--out", required=True, metavar="FOLDER|NAME.png",
+                   help=f"output folder ({_OUT_FOLDER_NOTE}) or file name ending in .png (replaced only with "
+                        "--force); see above for the file names")
     p.add_argument("--scaling", default="both", choices=("per-filter", "shared", "both"),
-                   help="per-filter contrast (the paper's figures), one shared scale, or both (default)")
-    p.set_defaults(func=run_filters_cmd)
+                   help="per-filter contrast (the paper's figures), one shared scale, or both (default both)")
+    p.add_argument("--force", action="store_true", help=_args.FORCE_HELP)
+    p.set_defaults(func=run_filters_cmd, check=check_filters)
 
-    p = sub.add_parser("featuremaps", help="every channel of one layer for one image, input beside it")
-    _add_model_args(p, required=False)
-    p.add_argument("--image", required=True, help="an image file")
-    p.add_argument("--layer", required=True, help="e.g. conv5 or pool5")
-    p.add_argument("--out", required=True, help="output PNG")
-    p.add_argument("--scaling", default="shared", choices=("shared", "per-channel"))
-    p.set_defaults(func=run_featuremaps_cmd)
+    p = sub.add_parser(
+        "featuremaps", help="every channel of one layer for one image, input beside it",
+        description="Run one image through the network and draw every channel of one layer's output as a grey "
+                    "map, the network's view of the input beside them.")
+    _add_model_args(p)
+    p.add_argument("--image", required=True, metavar="FILE", help="an image file (JPEG, PNG, ...)")
+    p.add_argument("--layer", required=True, help="layer to draw, e.g. conv5 or pool5 (names: zfnet rf --arch ARCH)")
+    p.add_argument("--out", required=True, metavar="NAME.png",
+                   help="output file ending in .png (its folder is created if needed; an existing file is "
+                        "replaced only with --force)")
+    p.add_argument("--scaling", default="shared", choices=("shared", "per-channel"),
+                   help="shared: one grey scale for all channels, so strengths compare; per-channel: each map "
+                        "stretched on its own (default shared)")
+    p.add_argument("--force", action="store_true", help=_args.FORCE_HELP)
+    p.set_defaults(func=run_featuremaps_cmd, check=check_featuremaps)
 
-    p = sub.add_parser("demo", help="top-9 figures from photos bundled with the dependencies; no data or network needed",
+    p = sub.add_parser("demo",
+                       help="top-9 figures from photos bundled with the dependencies; no dataset or internet needed",
                        description="Makes a few hundred deterministic crops/flips of photographs that ship inside "
-                                   "installed packages, mines top-9 units and renders the figures and gallery.")
-    p.add_argument("--out", default="zfnet-demo", help="output folder (default ./zfnet-demo)")
-    p.add_argument("--views", type=int, default=300, help="number of image views (default 300)")
-    p.add_argument("--weights", default=None, help="override the weights (default: see zfnet.cli.visualize.demo_weights)")
-    p.add_argument("--arch", default=None)
-    p.add_argument("--layers", nargs="+", default=None)
-    p.add_argument("--units", type=_units_arg, default=16)
-    p.add_argument("--k", type=int, default=9, help="top k per channel (default 9)")
-    p.add_argument("--seed", type=int, default=0, help="seed for choosing units (the views are always the same)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    p.set_defaults(func=run_demo_cmd)
+                                   "installed packages, mines top-9 units with the trained ZFNet that ships with "
+                                   "zfnet and renders the figures and the gallery (OUT/gallery/index.html).")
+    p.add_argument("--out", default="zfnet-demo", metavar="FOLDER",
+                   help="output folder, relative to the current folder unless absolute (default zfnet-demo); "
+                        + _OUT_FOLDER_NOTE)
+    p.add_argument("--views", type=_args.positive_int, default=300, help="number of image views (default 300)")
+    _add_model_args(p)
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="layers to mine, e.g. conv1 conv5 (default: every conv layer)")
+    p.add_argument("--units", type=_args.units, default=16,
+                   help="units drawn per layer: a number (chosen reproducibly), 'all', or channels like 3,17,40 "
+                        "(default 16)")
+    p.add_argument("--k", type=_args.positive_int, default=9, help="top k images per channel (default 9)")
+    p.add_argument("--seed", type=_args.nonnegative_int, default=0,
+                   help="seed for choosing units (the views are always the same; default 0)")
+    p.set_defaults(func=run_demo_cmd, check=check_demo)
+
+
+def check_top9(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet top9`` (see :mod:`zfnet.cli._args`)."""
+    _check_model_args(args)
+    _args.existing_folder("--images", args.images)
+    _args.output_folder("--out", args.out)
+
+
+def check_filters(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet filters``."""
+    _check_model_args(args)
+    paths = _filters_paths(args.out, args.scaling)
+    if paths is None:
+        _args.output_folder("--out", args.out)
+    for path in paths or ():
+        _args.output_file("--out", path, ".png", args.force)
+
+
+def check_featuremaps(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet featuremaps``."""
+    _check_model_args(args)
+    _args.existing_file("--image", args.image)
+    _args.output_file("--out", args.out, ".png", args.force)
+
+
+def check_demo(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet demo``."""
+    _check_model_args(args)
+    _args.output_folder("--out", args.out)
+
+
+def _check_layers(model, layers, option: str) -> None:
+    """Unknown layer names end the command before any work, listing the right ones."""
+    names = model.layer_names()
+    bad = [name for name in layers or () if name not in names]
+    if bad:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{option}: {model.arch} has no layer {', '.join(map(repr, bad))}; "
+                          f"its layers: {', '.join(names)}")
 
 
 def _prepare(model, device: str):
@@ -250,7 +360,9 @@ def _prepare(model, device: str):
 def run_top9_cmd(args: argparse.Namespace) -> int:
     from ..figures.top9 import run_top9
 
-    model, label, digest = load_model(args.weights, args.arch)
+    weights, arch, _ = resolve_weights(args)
+    model, label, digest = load_model(weights, arch)
+    _check_layers(model, args.layers, "--layers")
     _prepare(model, args.device)
     result = run_top9(model, args.images, args.out, layers=args.layers, k=args.k, units=args.units,
                       resume=args.resume, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
@@ -268,18 +380,24 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
     from ..figures.top9 import first_layer_weight, transform_for
 
     t0 = time.perf_counter()
-    model, label, _ = load_model(args.weights, args.arch)
+    weights, arch, _ = resolve_weights(args)
+    model, label, _ = load_model(weights, arch)
     order = transform_for(model).config.channel_order
-    out = Path(args.out)
     scalings = ("per-filter", "shared") if args.scaling == "both" else (args.scaling,)
+    named = _filters_paths(args.out, args.scaling)  # None: --out is a folder
+
+    def destination(stem: str, scaling: str) -> Path:
+        if named is not None:
+            return named[scalings.index(scaling)]
+        # the names zfnet top9 gives the same pictures
+        return Path(args.out) / (f"{stem}.png" if scaling == "per-filter" else f"{stem}_{scaling}.png")
+
     first = first_layer_weight(model)
     written = []
     if first is not None:
         name, w = first
         for s in tqdm(scalings, desc="filters", unit="figure"):
-            dst = out / f"filters_{name}_{s}.png" if out.suffix != ".png" else (
-                out if len(scalings) == 1 else out.with_name(f"{out.stem}_{s}.png"))
-            written.append(save_png(filter_grid(w, s, order), dst))
+            written.append(save_png(filter_grid(w, s, order), destination(f"filters_{name}", s)))
     else:
         from ..nn import Linear
 
@@ -292,8 +410,8 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
         shape = (3,) + tuple(model.input_size)
         for s in tqdm(scalings, desc="filters", unit="figure"):
             tiles = fc_row_tiles(w, shape, rows=range(min(64, w.shape[0])), scaling=s, channel_order=order)
-            dst = out / f"fc_rows_{lin.name}_{s}.png" if out.suffix != ".png" else out
-            written.append(save_png(caption(grid(tiles, 8), f"{lin.name} rows as images, {s} scaling"), dst))
+            written.append(save_png(caption(grid(tiles, 8), f"{lin.name} rows as images, {s} scaling"),
+                                    destination(f"fc_rows_{lin.name}", s)))
     print(f"Drew the first-layer filters of {label} with {', '.join(scalings)} scaling in "
           f"{time.perf_counter() - t0:.1f} s: {', '.join(str(p) for p in written)}. The paper's figures "
           "contrast-normalise each filter on its own (per-filter); shared scaling keeps strengths comparable.")
@@ -308,7 +426,9 @@ def run_featuremaps_cmd(args: argparse.Namespace) -> int:
     from ..figures.top9 import transform_for
 
     t0 = time.perf_counter()
-    model, label, _ = load_model(args.weights, args.arch)
+    weights, arch, _ = resolve_weights(args)
+    model, label, _ = load_model(weights, arch)
+    _check_layers(model, [args.layer], "--layer")
     _prepare(model, args.device)
     t = transform_for(model)
     with tqdm(total=2, desc="featuremaps", unit="step") as bar:
@@ -330,13 +450,13 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     from ..figures.top9 import run_top9
 
     out = Path(args.out)
-    weights, arch, why = (args.weights, args.arch, "the weights given with --weights") if args.weights else demo_weights()
-    if args.arch:
-        arch = args.arch
-    folder, photos = make_demo_views(out / "images", args.views)
+    weights, arch, why = resolve_weights(args)  # stops here, before any work, without trained weights
+    print(f"zfnet demo: weights: {why}; output folder {out.resolve()}", flush=True)
     model, label, digest = load_model(weights, arch)
+    _check_layers(model, args.layers, "--layers")
     _prepare(model, args.device)
-    print(f"zfnet demo: {args.views} views of {len(photos)} bundled photos ({', '.join(photos)}); weights: {why}.")
+    folder, photos = make_demo_views(out / "images", args.views)
+    print(f"zfnet demo: {args.views} views of {len(photos)} bundled photos ({', '.join(photos)}).", flush=True)
     result = run_top9(model, folder, out, layers=args.layers, k=args.k, units=args.units, seed=args.seed,
                       weights_label=label, weights_digest=digest, device=args.device, batch_size=16)
     print(result.summary())

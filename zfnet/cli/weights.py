@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import argparse
 import os
+from argparse import ArgumentTypeError
+from pathlib import Path
+
+from ._args import FORCE_HELP, existing_file, output_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    archs = "zfnet, alexnet (Caffe layout), alexnet-torchvision, squeezenet1_0"
+    from ..models import ARCHITECTURES
+
+    archs = ", ".join(a + (" (Caffe layout)" if a == "alexnet" else "") for a in ARCHITECTURES)
     p = sub.add_parser(
         "convert", help="convert .pth / .caffemodel / .npz weights to zfnet's .npz format",
         description="Read weights (PyTorch checkpoint, Caffe .caffemodel, Caffe-named or zfnet .npz), "
                     "map them onto a zfnet architecture (chosen from keys and shapes unless --arch), "
                     "and write zfnet's .npz with the preprocessing metadata the weights expect. "
-                    "Nothing in the source file is executed.")
-    p.add_argument("src", help="source weights file")
-    p.add_argument("dst", help="output .npz (written exactly there)")
-    p.add_argument("--arch", help=f"architecture: {archs} (default: detect)")
+                    "Nothing in the source file is executed. An existing DST is replaced only with --force.")
+    p.add_argument("src", help="source weights file (.pth, .caffemodel or .npz)")
+    p.add_argument("dst", help="output file ending in .npz, written exactly there (its folder is created "
+                               "if needed); an existing file is replaced only with --force")
+    p.add_argument("--arch", choices=ARCHITECTURES, metavar="ARCH", help=f"architecture: {archs} (default: detect)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                   help="storage precision (float16 halves the file; loads as float32)")
-    p.add_argument("--classes", help="class names, one per line ('wnid name' lines keep the name)")
-    p.set_defaults(func=run_convert)
+                   help="storage precision (float16 halves the file; loads as float32; default float32)")
+    p.add_argument("--classes", help="text file of class names, one per line ('wnid name' lines keep the name)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.set_defaults(func=run_convert, check=check_convert)
 
     p = sub.add_parser(
         "info", help="show a weights file: architecture, layers and shapes, parameters, metadata",
@@ -28,8 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "a table of layers with output shapes, the parameter count and the metadata "
                     "(preprocessing, class names, source).")
     p.add_argument("weights", help="weights file (.npz, .pth, .caffemodel)")
-    p.add_argument("--arch", help=f"architecture: {archs} (default: metadata or detect)")
-    p.set_defaults(func=run_info)
+    p.add_argument("--arch", choices=ARCHITECTURES, metavar="ARCH",
+                   help=f"architecture: {archs} (default: metadata or detect)")
+    p.set_defaults(func=run_info, check=lambda args: existing_file("WEIGHTS", args.weights))
+
+
+def check_convert(args: argparse.Namespace) -> None:
+    """Parse-time checks of ``zfnet convert`` (see :mod:`zfnet.cli._args`)."""
+    existing_file("SRC", args.src)
+    output_file("DST", args.dst, ".npz", args.force)
+    if Path(args.src).resolve() == Path(args.dst).resolve():
+        raise ArgumentTypeError(f"argument DST: the same file as SRC ({args.dst!r})")
+    if args.classes:
+        existing_file("--classes", args.classes)
 
 
 def _read_classes(path: str) -> list[str]:
@@ -46,10 +65,12 @@ def _read_classes(path: str) -> list[str]:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ..weights import convert
+    from ..weights import load, save
 
     classes = _read_classes(args.classes) if args.classes else None
-    model = convert(args.src, args.dst, arch=args.arch, dtype=args.dtype, class_names=classes)
+    model = load(args.src, arch=args.arch, class_names=classes)  # zfnet.weights.convert, in two steps:
+    Path(args.dst).parent.mkdir(parents=True, exist_ok=True)  # the folder only once SRC has loaded
+    save(model, args.dst, dtype=args.dtype)
     size = os.path.getsize(args.dst)
     print(f"{args.src} -> {args.dst}: {model.arch} ({model.config.get('variant', '')}), "
           f"{model.num_parameters():,} parameters, {args.dtype}, {size / 2**20:.1f} MiB")

@@ -12,6 +12,7 @@ admits only tensor-rebuilding names, and Caffe files are decoded from the protob
 wire format by hand.
 """
 
+from .bundled import bundled_weights_path
 from .caffe import read_caffemodel, write_caffemodel
 from .native import convert, detect_format, load, read_npz, save
 from .prototxt import parse_prototxt
@@ -19,5 +20,5 @@ from .pth import read_pth
 
 __all__ = [
     "save", "load", "convert", "read_npz", "detect_format",
-    "read_pth", "read_caffemodel", "write_caffemodel", "parse_prototxt",
+    "read_pth", "read_caffemodel", "write_caffemodel", "parse_prototxt", "bundled_weights_path",
 ]
