@@ -384,3 +384,110 @@ def test_evaluate_honours_bgr_weights():
     b = evaluate(bgr, data.images, data.labels, input_size=16,
                  preprocess={**pre, "mean": pre["mean"][::-1], "channel_order": "BGR"})
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["correct"] == b["correct"]
+
+
+# ------------------------------------------- parameterisation of layer 1 (issue 20)
+
+
+def test_low_frequency_fraction_reference_filters(rng):
+    """Constant -> 1; 7x7 checkerboard -> ~0.01; white noise -> the disc's share of the grid (13/49)."""
+    from zfnet.figures.measures import low_frequency_fraction
+
+    assert low_frequency_fraction(np.ones((2, 3, 7, 7))) == pytest.approx([1.0, 1.0])
+    checker = (-1.0) ** np.add.outer(np.arange(7), np.arange(7))
+    assert 0.0 < low_frequency_fraction(np.broadcast_to(checker, (1, 3, 7, 7)))[0] < 0.02
+    noise = np.median(low_frequency_fraction(rng.standard_normal((96, 3, 7, 7))))
+    assert 0.24 < noise < 0.30  # 13/49 = 0.265 in expectation; 96 filters of 147 numbers each
+    smooth = np.exp(-np.add.outer((np.arange(7) - 3.0) ** 2, (np.arange(7) - 3.0) ** 2) / 8)  # a soft blob
+    assert low_frequency_fraction(smooth[None, None])[0] > 0.95
+    with pytest.raises(ValueError, match="expected a"):
+        low_frequency_fraction(np.ones((3, 7, 7)))
+
+
+def test_initialize_small_conv1_and_paper_scale():
+    from zfnet.train import initialize
+
+    he = tiny_net()
+    model = tiny_net()
+    initialize(model, TrainConfig(conv1_init_std=1e-3))
+    w1 = model.layer("conv1").weight
+    assert w1.std() == pytest.approx(1e-3, rel=0.35)  # 108 numbers
+    np.testing.assert_array_equal(model.layer("fc6").weight, he.layer("fc6").weight)  # others keep He
+    initialize(model, TrainConfig(init_std=0.01))
+    assert model.layer("fc6").weight.std() == pytest.approx(0.01, rel=0.1)
+    assert model.layer("conv1").weight.std() == pytest.approx(0.01, rel=0.35)
+    assert np.all(model.layer("fc6").bias == 0)
+    before = model.state_dict()
+    initialize(model, TrainConfig())  # nothing asked: nothing changes
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("scale", ["unit", "pixel"])
+def test_weights_record_the_input_scale_they_were_trained_on(tmp_path, scale):
+    """Round trip: the preprocessing saved with the weights reproduces the trainer's own evaluation."""
+    from zfnet.train import IMAGENET_MEAN, IMAGENET_STD
+
+    cfg = tiny_config(epochs=1, input_scale=scale, keep_epochs=(), snapshot_dtype="float32")
+    trainer, summary = run(tmp_path, cfg)
+    from zfnet.weights import read_npz  # the tiny test net is not a registered arch: read, then load
+
+    arrays, meta = read_npz(tmp_path / "final.npz")
+    if scale == "pixel":
+        assert meta["scale"] == 1.0 and meta["std"] == [1.0, 1.0, 1.0]
+        assert meta["mean"] == pytest.approx([255 * m for m in IMAGENET_MEAN], abs=1e-3)
+    else:
+        assert meta["scale"] == pytest.approx(1 / 255) and meta["std"] == list(IMAGENET_STD)
+    net = tiny_net()
+    net.load_state_dict(arrays)
+    val = tiny_data(12, seed=1)
+    res = evaluate(net, val.images, val.labels, batch_size=5, input_size=16, preprocess=meta)
+    assert res["loss"] == pytest.approx(summary["history"][-1]["val_loss"], rel=1e-5)
+    # and the pixel scale really is ~58x the unit scale at the input
+    x_unit = normalize_batch(np.full((1, 3, 2, 2), 200.0, np.float32), IMAGENET_MEAN, IMAGENET_STD)
+    x_meta = normalize_batch(np.full((1, 3, 2, 2), 200.0, np.float32), meta["mean"], meta["std"], meta["scale"])
+    ratio = float(x_meta[0, 0, 0, 0] / x_unit[0, 0, 0, 0])
+    assert ratio == pytest.approx(1.0 if scale == "unit" else 255 * IMAGENET_STD[0], rel=1e-4)
+
+
+def test_paper_renormalisation_binds_on_conv1(tmp_path):
+    """Pixel-scale inputs, init 1e-2, radius 0.1 (the paper's recipe): conv1's filters hit the radius."""
+    cfg = tiny_config(epochs=3, input_scale="pixel", init_std=0.01, renorm_radius=0.1, lr=0.2, keep_epochs=())
+    trainer, summary = run(tmp_path, cfg)
+    w = trainer.model.layer("conv1").weight
+    rms = np.sqrt((w.reshape(4, -1).astype(np.float64) ** 2).mean(axis=1))
+    assert rms.max() <= 0.1 + 1e-6
+    assert sum(h["renormalized"]["conv1"] for h in summary["history"]) > 0  # it bound, it was not idle
+    assert np.isclose(rms, 0.1, rtol=1e-4).any()
+
+
+def test_step_records_carry_update_ratios_and_conv1_measures(tmp_path):
+    trainer, _ = run(tmp_path, tiny_config(epochs=1, keep_epochs=()))
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if r["event"] == "step"]
+    assert steps and all(set(r["update_ratio"]) == {"conv1.weight", "fc6.weight", "fc8.weight"} for r in steps)
+    assert all(0 < v < 1 for r in steps for v in r["update_ratio"].values())
+    assert all(0 <= r["conv1_lowfreq"] <= 1 and r["conv1_dead"] == 0 for r in steps)
+    epoch = [r for r in recs if r["event"] == "epoch"][0]
+    assert "conv1_lowfreq" in epoch
+
+
+def test_sgd_update_ratio_is_the_relative_step():
+    model = tiny_net()
+    grads = {k: np.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    w = model.layer("fc6").weight.copy()
+    ratios = SGD(model, momentum=0.9, weight_decay=0.0).step(model, grads, lr=0.1, ratios=True)
+    assert set(ratios) == {"conv1.weight", "fc6.weight", "fc8.weight"}
+    assert ratios["fc6.weight"] == pytest.approx(0.1 * 0.5 * np.sqrt(w.size) / np.linalg.norm(w), rel=1e-5)
+
+
+def test_resume_is_exact_with_small_conv1_and_pixel_inputs(tmp_path):
+    cfg = dict(conv1_init_std=1e-3, input_scale="pixel", keep_epochs=())
+    straight, _ = run(tmp_path / "a", tiny_config(**cfg))
+    t1, s1 = run(tmp_path / "b", tiny_config(**cfg), time_limit=0)
+    assert s1["status"] == "stopped"
+    t2, s2 = run(tmp_path / "b", tiny_config(**cfg))
+    assert s2["status"] == "done"
+    ref = straight.model.state_dict()
+    for k, v in t2.model.state_dict().items():
+        np.testing.assert_array_equal(v, ref[k], err_msg=k)

@@ -74,6 +74,8 @@ __all__ = [
     "SGD",
     "lr_at",
     "renormalize_filters",
+    "initialize",
+    "preprocess_for",
     "evaluate",
     "Trainer",
     "load_checkpoint",
@@ -86,6 +88,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "zfnet-train-checkpoint"
 CHECKPOINT_VERSION = 1
 ARCHS = ("zfnet", "alexnet", "alexnet-torchvision")
+INPUT_SCALES = ("unit", "pixel")
 
 # Options that only change how a run is watched, not what it computes: they may
 # differ between a run and its resumption.
@@ -113,6 +116,16 @@ class TrainConfig:
     flip : bool
     renorm_radius : float or None
         RMS radius of the filter renormalisation; None or 0 turns it off.
+    input_scale : {"unit", "pixel"}
+        ``"unit"``: ``(pixel / 255 - mean) / std`` with ImageNet's mean/std (inputs of
+        about unit spread); ``"pixel"``: ``pixel - 255 mean`` (the paper's and Caffe's
+        scale, about [-128, 128]).  Recorded in the weights' preprocessing.
+    init_std : float or None
+        Every conv and fc weight drawn from ``N(0, init_std^2)`` (the paper: 1e-2);
+        None keeps He normal, ``N(0, 2 / fan_in)``.
+    conv1_init_std : float or None
+        conv1's weights from ``N(0, conv1_init_std^2)`` whatever ``init_std`` says;
+        None: as the other layers.
     input_size : int
         Side of the network input (224 for both networks here).
     seed : int
@@ -142,6 +155,9 @@ class TrainConfig:
     min_scale: float = 0.35
     flip: bool = True
     renorm_radius: float | None = 1.0
+    input_scale: str = "unit"
+    init_std: float | None = None
+    conv1_init_std: float | None = None
     input_size: int = 224
     seed: int = 0
     keep_epochs: tuple = (1, 2, 5, 10, 20)
@@ -165,6 +181,10 @@ class TrainConfig:
             (0 < self.min_scale <= 1, "min_scale must be in (0, 1]"),
             (self.renorm_radius is None or self.renorm_radius >= 0, "renorm_radius must be >= 0"),
             (self.input_size >= 16, "input_size must be >= 16"),
+            (self.input_scale in INPUT_SCALES, f"input_scale must be one of {', '.join(INPUT_SCALES)}"),
+            (self.init_std is None or self.init_std > 0, "init_std must be positive (or None: He)"),
+            (self.conv1_init_std is None or self.conv1_init_std > 0,
+             "conv1_init_std must be positive (or None: as the other layers)"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.snapshot_dtype in ("float16", "float32"), "snapshot_dtype must be float16 or float32"),
             (all(e >= 0 for e in self.keep_epochs), "keep_epochs must be >= 0"),
@@ -216,15 +236,26 @@ class SGD:
             w = layer.params()[attr]
             self.buffers[key] = get_array_module(w).zeros_like(w)
 
-    def step(self, model, grads: dict, lr: float) -> None:
-        """Update ``model``'s parameters in place from ``grads`` (``model.gradients()``)."""
+    def step(self, model, grads: dict, lr: float, ratios: bool = False) -> dict:
+        """Update ``model``'s parameters in place from ``grads`` (``model.gradients()``).
+
+        With ``ratios=True`` also return, per weight (not bias), the relative size of
+        this step, ``||eta v|| / ||w||`` (Frobenius norms, ``w`` before the step): the
+        number that says whether a layer is learning (about 1e-3 is the usual healthy
+        value; far below it the layer hardly moves from its initialisation).
+        """
+        out = {}
         for key, layer, attr in model.named_parameters():
             w, g, v = layer.params()[attr], grads[key], self.buffers[key]
             v *= w.dtype.type(self.momentum)
             v += g
             if self.weight_decay and attr == "weight":
                 v += w.dtype.type(self.weight_decay) * w
+            if ratios and attr == "weight":
+                xp = get_array_module(w)
+                out[key] = float(lr * xp.linalg.norm(v.ravel()) / max(float(xp.linalg.norm(w.ravel())), 1e-30))
             w -= w.dtype.type(lr) * v
+        return out
 
     def state_dict(self) -> dict:
         return {k: asnumpy(v) for k, v in self.buffers.items()}
@@ -258,6 +289,46 @@ def renormalize_filters(model, radius: float | None):
                 w *= scale.reshape(-1, 1, 1, 1)
             counts[layer.name] = n
     return counts
+
+
+def initialize(model, config: TrainConfig) -> None:
+    """Redraw the weights the recipe asks for (``init_std``, ``conv1_init_std``).
+
+    With both None the model keeps its own (He normal) initialisation.  Otherwise
+    every conv and fc weight (in ``model.named_parameters()`` order) is drawn from
+    ``N(0, init_std^2)`` and the first convolution's from ``N(0, conv1_init_std^2)``,
+    from a generator seeded by ``config.seed``; biases stay zero.
+    """
+    if config.init_std is None and config.conv1_init_std is None:
+        return
+    rng = np.random.default_rng([config.seed, 1])  # a stream of its own, not the model's
+    first_conv = True
+    for _, layer, attr in model.named_parameters():
+        w = layer.params()[attr]
+        if attr != "weight" or w.ndim not in (2, 4):
+            continue
+        std = config.init_std
+        if w.ndim == 4 and first_conv:
+            first_conv = False
+            std = config.conv1_init_std if config.conv1_init_std is not None else std
+        if std is not None:
+            w[...] = rng.standard_normal(w.shape).astype(w.dtype) * w.dtype.type(std)
+
+
+def preprocess_for(config: TrainConfig) -> dict:
+    """The preprocessing a run trains with, as recorded in its weights' ``config``.
+
+    ``input_scale="unit"``: ``(pixel / 255 - mean) / std`` with ImageNet's RGB mean
+    and std.  ``"pixel"``: ``pixel - 255 mean`` (``scale`` 1, ``std`` 1), the
+    paper's and Caffe's range of about [-128, 128].
+    """
+    size = config.input_size
+    if config.input_scale == "pixel":
+        mean, std, scale = [round(255.0 * m, 3) for m in IMAGENET_MEAN], [1.0, 1.0, 1.0], 1.0
+    else:
+        mean, std, scale = list(IMAGENET_MEAN), list(IMAGENET_STD), 1.0 / 255.0
+    return {"input_size": [size] * 2, "crop": [size] * 2, "resize": size, "channel_order": "RGB",
+            "mean": mean, "std": std, "scale": scale, "interpolation": "bilinear"}
 
 
 def _even_subset(n: int, limit: int | None) -> np.ndarray:
@@ -456,9 +527,8 @@ class Trainer:
             raise ConfigError(f"model has {model.num_classes} outputs, the data {num_classes} classes")
         self.model = model
         size = int(train.images.shape[1])
-        self.preprocess = {"input_size": [config.input_size] * 2, "crop": [config.input_size] * 2,
-                           "resize": config.input_size, "channel_order": "RGB", "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD), "scale": 1.0 / 255.0, "interpolation": "bilinear"}
+        initialize(self.model, config)
+        self.preprocess = preprocess_for(config)
         self.model.config.update(self.preprocess)
         if self.names:
             self.model.config["class_names"] = list(self.names)
@@ -573,15 +643,33 @@ class Trainer:
         x = _to_input(self.images[didx], boxes, flips, cfg.input_size, _norm(self.preprocess))
         return x, self.labels[didx]
 
-    def train_step(self, x, y, lr: float):
-        """One SGD step on a batch; returns ``(loss, correct)`` as device scalars."""
+    def train_step(self, x, y, lr: float, ratios: bool = False):
+        """One SGD step on a batch; returns ``(loss, correct)`` as device scalars.
+
+        With ``ratios=True`` the update-to-weight ratios of this step are left in
+        ``self.last_ratios`` (see :meth:`SGD.step`).
+        """
         model = self.model
         trace = model.forward(x)
         loss, dlogits = softmax_cross_entropy(trace.output, y)
         model.backward(dlogits, trace, input_grad=False)
-        self.opt.step(model, model.gradients(), lr)
+        r = self.opt.step(model, model.gradients(), lr, ratios=ratios)
+        if ratios:
+            self.last_ratios = r
         correct = (trace.output.argmax(axis=1) == y).sum()
         return loss, correct
+
+    def filter_measures(self) -> dict:
+        """conv1's median low-frequency fraction and how many of its filters are dead.
+
+        Dead: RMS below 1% of the layer's median filter RMS (they stopped moving).
+        """
+        from .figures.measures import low_frequency_fraction
+
+        w = asnumpy(next(layer for layer in self.model.layers if isinstance(layer, Conv2d)).weight)
+        rms = np.sqrt((w.astype(np.float64) ** 2).reshape(len(w), -1).mean(axis=1))
+        return {"conv1_lowfreq": float(np.nanmedian(low_frequency_fraction(w))),
+                "conv1_rms": float(np.median(rms)), "conv1_dead": int((rms < 0.01 * np.median(rms)).sum())}
 
     def fit(self, resume: bool = False) -> dict:
         """Train to ``config.epochs`` (or until stopped); return a summary dict.
@@ -627,7 +715,8 @@ class Trainer:
                 while st.step_in_epoch < self.steps_per_epoch:
                     lr = lr_at(cfg, st.step, self.steps_per_epoch)
                     x, y = self._batch(st.step_in_epoch)
-                    loss, correct = self.train_step(x, y, lr)
+                    log_now = (st.step + 1) % cfg.log_every == 0 or st.step_in_epoch + 1 == self.steps_per_epoch
+                    loss, correct = self.train_step(x, y, lr, ratios=log_now)
                     for name, n in renormalize_filters(self.model, cfg.renorm_radius).items():
                         r["renormed"][name] = r["renormed"].get(name, 0) + n
                     loss, correct, b = float(loss), float(correct), int(y.shape[0])
@@ -653,7 +742,8 @@ class Trainer:
                     if st.step % cfg.log_every == 0 or st.step_in_epoch == self.steps_per_epoch:
                         self._log({"event": "step", "epoch": st.epoch + 1, "step": st.step, "lr": lr,
                                    "loss": r["win_loss"] / r["win_seen"], "acc": r["win_correct"] / r["win_seen"],
-                                   "images_per_s": win_session / max(now - win_t, 1e-9)})
+                                   "images_per_s": win_session / max(now - win_t, 1e-9),
+                                   "update_ratio": getattr(self, "last_ratios", {}), **self.filter_measures()})
                         r.update(win_loss=0.0, win_correct=0.0, win_seen=0)
                         win_t, win_session = now, 0
                     over_time = self.time_limit is not None and now - t_start >= self.time_limit
@@ -675,7 +765,7 @@ class Trainer:
                 record = {"event": "epoch", "epoch": st.epoch, "step": st.step,
                           "train_loss": r["ep_loss"] / r["ep_seen"], "train_acc": r["ep_correct"] / r["ep_seen"],
                           "lr": lr_at(cfg, st.step - 1, self.steps_per_epoch), "renormalized": r["renormed"],
-                          "elapsed_s": st.elapsed}
+                          "elapsed_s": st.elapsed, **self.filter_measures()}
                 if self.val_data is not None and (st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
                     ev = evaluate(self.model, self.val_images, self.val_labels, batch_size=cfg.batch_size,
                                   input_size=cfg.input_size, preprocess=self.preprocess, progress=self.progress)
