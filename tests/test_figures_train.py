@@ -129,6 +129,12 @@ def test_compare_networks_measures_and_layout():
     l2 = meas["small stride"]["layer2"]
     assert len(l2["channels"]) == 3 and len(l2["per_unit"]) == 3
     assert all(0 <= u["hf_fraction"] <= 1 for u in l2["per_unit"])
+    from zfnet.figures.measures import low_frequency_fraction
+
+    lf = meas["small stride"]["low_frequency"]
+    assert lf["per_filter"] == pytest.approx(low_frequency_fraction(b.layer("conv1").weight).tolist())
+    assert lf["median"] == pytest.approx(float(np.median(lf["per_filter"])))
+    assert "low_frequency" in meas["definitions"]
     json.dumps(meas)  # the record is JSON-ready
 
 

@@ -53,6 +53,7 @@ from ..errors import ConfigError, ShapeError
 from .evolution import preprocess_images, strongest_units
 from .fig2 import select_units
 from .filters import filter_grid
+from .measures import LOW_FREQUENCY_CUTOFF, low_frequency_fraction
 from .render import caption, fit_tile, grid, hstack, vstack
 
 __all__ = [
@@ -220,6 +221,7 @@ def compare_networks(
         best = strongest_units(model, x, [first, second], batch_size=batch_size)
         never = np.flatnonzero(~(best[first][0] > 0))
         dead = dead_filters(w1, rel)
+        lowfreq = low_frequency_fraction(w1)  # (C_out,)
         proj = layer_projections(model, x, second, units, seed, best=best)
         per_unit = [spectral_measures(c) for c in proj["crops"]]
         means = {k: float(np.nanmean([m[k] for m in per_unit])) if per_unit else float("nan")
@@ -231,6 +233,7 @@ def compare_networks(
             "first_layer": {"kernel": list(conv1.kernel_size), "stride": list(conv1.stride),
                             "filters": int(w1.shape[0])},
             "dead_filters": {k: v for k, v in dead.items() if k != "rms"},
+            "low_frequency": {"median": float(np.nanmedian(lowfreq)), "per_filter": lowfreq.tolist()},
             "never_active": {"definition": f"{first} channels whose largest activation over the {len(x)} images is <= 0",
                              "count": int(never.size), "fraction": float(never.size / w1.shape[0])},
             "layer2": {"layer": second, "channels": proj["channels"], **means,
@@ -238,7 +241,8 @@ def compare_networks(
             "val_acc": acc,
         }
         order = model.config.get("channel_order", "RGB")
-        f_per = filter_grid(w1, "per-filter", order, tile=24, title=f"{first}: per-filter scaling")
+        f_per = filter_grid(w1, "per-filter", order, tile=24,
+                            title=f"{first}: per-filter scaling; low-freq median {np.nanmedian(lowfreq):.2f}")
         f_shared = filter_grid(w1, "shared", order, tile=24,
                                title=f"shared scaling: {dead['count']}/{dead['total']} dead "
                                      f"(RMS < {rel:g} max)")
@@ -250,6 +254,9 @@ def compare_networks(
         columns.append(caption(vstack([f_per, f_shared, p_grid], pad=10), head, size=14))
     measures["definitions"] = {
         "dead_filters": f"first-layer filter RMS below {rel:g} times the layer's largest filter RMS",
+        "low_frequency": (f"per first-layer filter, the share of its energy (2-D DFT, summed over colour channels) "
+                          f"at spatial frequencies <= {LOW_FREQUENCY_CUTOFF:.4g} cycles/pixel "
+                          "(zfnet.figures.measures.low_frequency_fraction); white noise gives about 0.27 for 7x7"),
         "hf_fraction": f"share of non-DC power of the luminance spectrum (Hann window, mean removed) of each "
                        f"{second} projection crop at radial frequency >= {HF_CUTOFF:g} cycles/pixel; mean over units",
         "grid4": "share of non-DC power in the bins nearest the frequency lattice (k/4, l/4), (k,l) != 0, "
