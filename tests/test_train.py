@@ -407,18 +407,19 @@ def test_low_frequency_fraction_reference_filters(rng):
 def test_initialize_small_conv1_and_paper_scale():
     from zfnet.train import initialize
 
+    assert TrainConfig().conv1_init_std == 1e-3  # the recipe's default (docs/training.md)
     he = tiny_net()
     model = tiny_net()
     initialize(model, TrainConfig(conv1_init_std=1e-3))
     w1 = model.layer("conv1").weight
     assert w1.std() == pytest.approx(1e-3, rel=0.35)  # 108 numbers
     np.testing.assert_array_equal(model.layer("fc6").weight, he.layer("fc6").weight)  # others keep He
-    initialize(model, TrainConfig(init_std=0.01))
+    initialize(model, TrainConfig(init_std=0.01, conv1_init_std=None))
     assert model.layer("fc6").weight.std() == pytest.approx(0.01, rel=0.1)
     assert model.layer("conv1").weight.std() == pytest.approx(0.01, rel=0.35)
     assert np.all(model.layer("fc6").bias == 0)
     before = model.state_dict()
-    initialize(model, TrainConfig())  # nothing asked: nothing changes
+    initialize(model, TrainConfig(conv1_init_std=None))  # nothing asked: nothing changes
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
 
@@ -452,7 +453,8 @@ def test_weights_record_the_input_scale_they_were_trained_on(tmp_path, scale):
 
 def test_paper_renormalisation_binds_on_conv1(tmp_path):
     """Pixel-scale inputs, init 1e-2, radius 0.1 (the paper's recipe): conv1's filters hit the radius."""
-    cfg = tiny_config(epochs=3, input_scale="pixel", init_std=0.01, renorm_radius=0.1, lr=0.2, keep_epochs=())
+    cfg = tiny_config(epochs=3, input_scale="pixel", init_std=0.01, conv1_init_std=None, renorm_radius=0.1, lr=0.2,
+                      keep_epochs=())
     trainer, summary = run(tmp_path, cfg)
     w = trainer.model.layer("conv1").weight
     rms = np.sqrt((w.reshape(4, -1).astype(np.float64) ** 2).mean(axis=1))
@@ -462,7 +464,7 @@ def test_paper_renormalisation_binds_on_conv1(tmp_path):
 
 
 def test_step_records_carry_update_ratios_and_conv1_measures(tmp_path):
-    trainer, _ = run(tmp_path, tiny_config(epochs=1, keep_epochs=()))
+    trainer, _ = run(tmp_path, tiny_config(epochs=1, keep_epochs=(), conv1_init_std=None))
     recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if r["event"] == "step"]
     assert steps and all(set(r["update_ratio"]) == {"conv1.weight", "fc6.weight", "fc8.weight"} for r in steps)
@@ -491,3 +493,21 @@ def test_resume_is_exact_with_small_conv1_and_pixel_inputs(tmp_path):
     ref = straight.model.state_dict()
     for k, v in t2.model.state_dict().items():
         np.testing.assert_array_equal(v, ref[k], err_msg=k)
+
+
+def test_a_checkpoint_from_before_the_new_recipe_keys_resumes_with_its_own_recipe(tmp_path):
+    """Checkpoints written before input_scale/init_std/conv1_init_std existed trained with He init."""
+    from zfnet.train import LEGACY_DEFAULTS, _atomic_savez
+    from zfnet.weights import read_npz
+
+    cfg = tiny_config(conv1_init_std=None)
+    run(tmp_path, cfg, stop_at_epoch=1)
+    arrays, meta = read_npz(tmp_path / "last.npz")
+    for key in LEGACY_DEFAULTS:  # make it look like an old checkpoint
+        del meta["config"][key]
+    arrays["__meta__.json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    _atomic_savez(tmp_path / "last.npz", arrays)
+    t, s = run(tmp_path, cfg)
+    assert s["status"] == "done" and s["epoch"] == 2
+    with pytest.raises(ConfigError, match="conv1_init_std"):  # the new default is a different recipe
+        run(tmp_path, tiny_config(epochs=3))

@@ -90,6 +90,10 @@ CHECKPOINT_VERSION = 1
 ARCHS = ("zfnet", "alexnet", "alexnet-torchvision")
 INPUT_SCALES = ("unit", "pixel")
 
+# Recipe keys added after checkpoints were first written, with the value an older
+# checkpoint (which lacks them) was trained with: resuming it keeps its recipe.
+LEGACY_DEFAULTS = {"input_scale": "unit", "init_std": None, "conv1_init_std": None}
+
 # Options that only change how a run is watched, not what it computes: they may
 # differ between a run and its resumption.
 RUNTIME_KEYS = ("log_every", "eval_every", "keep_epochs", "snapshot_dtype")
@@ -125,7 +129,8 @@ class TrainConfig:
         None keeps He normal, ``N(0, 2 / fan_in)``.
     conv1_init_std : float or None
         conv1's weights from ``N(0, conv1_init_std^2)`` whatever ``init_std`` says;
-        None: as the other layers.
+        None: as the other layers.  Default 1e-3: with He's 0.12 the filters stay
+        buried in their initial noise (``docs/training.md``, "Layer 1 that learns").
     input_size : int
         Side of the network input (224 for both networks here).
     seed : int
@@ -157,7 +162,7 @@ class TrainConfig:
     renorm_radius: float | None = 1.0
     input_scale: str = "unit"
     init_std: float | None = None
-    conv1_init_std: float | None = None
+    conv1_init_std: float | None = 1e-3
     input_size: int = 224
     seed: int = 0
     keep_epochs: tuple = (1, 2, 5, 10, 20)
@@ -586,7 +591,7 @@ class Trainer:
         path = Path(path or self.checkpoint_path)
         ck = load_checkpoint(path)
         meta = ck["state"]
-        theirs = {k: v for k, v in meta["config"].items() if k not in RUNTIME_KEYS}
+        theirs = {k: v for k, v in {**LEGACY_DEFAULTS, **meta["config"]}.items() if k not in RUNTIME_KEYS}
         ours = {k: v for k, v in self.config.to_dict().items() if k not in RUNTIME_KEYS}
         diff = {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)}
         if diff:

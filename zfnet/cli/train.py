@@ -86,7 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="draw every conv/fc weight from N(0, STD^2) (the paper: 0.01); 'he' = N(0, 2/fan_in) "
                         "(default he)")
     p.add_argument("--conv1-init-std", type=_std_or_he, default=None, metavar="STD|he",
-                   help="conv1's weights from N(0, STD^2) whatever --init-std says; 'he' = as the other layers")
+                   help="conv1's weights from N(0, STD^2) whatever --init-std says; 'he' = as the other layers "
+                        "(default 1e-3: a small layer 1 learns smooth filters instead of keeping its "
+                        "initial noise; docs/training.md)")
     p.add_argument("--seed", type=nonnegative_int, default=None,
                    help="seed of initialisation and data order (default 0)")
     p.add_argument("--keep-epochs", type=nonnegative_int, nargs="*", default=None,
@@ -311,14 +313,14 @@ def _config_from_args(args) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..train import RUNTIME_KEYS, TrainConfig, Trainer, load_checkpoint
+    from ..train import LEGACY_DEFAULTS, RUNTIME_KEYS, TrainConfig, Trainer, load_checkpoint
 
     given = _config_from_args(args)
     arch = given.get("arch", "zfnet")
     out = Path(args.out or os.path.join("runs", arch))
     ckpt = out / "last.npz"
     if args.resume and ckpt.exists():
-        saved = load_checkpoint(ckpt)["state"]["config"]
+        saved = {**LEGACY_DEFAULTS, **load_checkpoint(ckpt)["state"]["config"]}
         clash = {k: (saved.get(k), v) for k, v in given.items()
                  if k not in RUNTIME_KEYS and _norm_val(saved.get(k)) != _norm_val(v)}
         if clash:
