@@ -260,6 +260,53 @@ def _conv_transpose2d_phases(y, w, b, stride, padding, groups, out_size):
         x = x + b.reshape(1, c, 1, 1)
     return x
 
+_WGRAD_CHUNK_BYTES = 32 << 20  # columns per GEMM of the weight gradient: about this many bytes
+
+
+def _conv2d_weight_grad_phases(x, dy, w_shape, stride, padding, groups, out_size):
+    """:func:`conv2d_weight_grad` on NumPy: one long GEMM per chunk of images and group.
+
+    ``dw_g = sum_chunks dY_g (O_g, m*L) @ X_g (m*L, C_g*kH*kW)``: the contraction runs
+    over the images of a chunk *and* their output positions at once (``L = H_out*Wq``
+    positions of the flat-shift layout, whose wrap-around columns meet zeros in
+    ``dY``), instead of one short GEMM per image (169 positions for a 13x13 map) plus
+    a sum over the batch.  The columns are those of the forward pass
+    (:func:`~zfnet.ops.im2col.im2col_phases`, or the compact :func:`im2col` on small
+    maps, as :func:`_conv2d_phases` chooses), transposed chunk by chunk to put images
+    next to positions.
+    """
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w_shape
+    (ho, wo), k, og = out_size, cg * kh * kw, o // groups
+    _, wq = phase_geometry(out_size, (kh, kw), stride)
+    one_by_one = (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0)
+    compact = not one_by_one and wq - wo > 0.1 * wo
+    if one_by_one or compact:
+        wq = wo  # no wrap-around columns
+    length = ho * wq
+    dw = np.zeros((groups, og, k), dtype=np.result_type(x, dy))  # (G, O_g, C_g*kH*kW)
+    step = max(1, _WGRAD_CHUNK_BYTES // (c * kh * kw * length * x.itemsize))
+    for n0 in range(0, n, step):
+        xc = x[n0 : n0 + step]
+        m = len(xc)
+        if compact:
+            cols = im2col(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out, W_out)
+        else:
+            cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out*Wq)
+        cols = cols.reshape(m, groups, k, length)  # (m, G, C_g*kH*kW, L)
+        dyc = dy[n0 : n0 + step]  # (m, C_out, H_out, W_out)
+        if wq > wo:
+            pad = np.zeros((m, o, ho, wq), dtype=dy.dtype)  # (m, C_out, H_out, Wq): zero wrap-around
+            pad[..., :wo] = dyc
+            dyc = pad
+        dyc = dyc.reshape(m, groups, og, length)  # (m, G, O_g, L)
+        for g in range(groups):
+            a = dyc[:, g].transpose(1, 0, 2).reshape(og, m * length)  # (O_g, m*L), a copy
+            b = cols[:, g].transpose(1, 0, 2).reshape(k, m * length)  # (C_g*kH*kW, m*L), a copy
+            dw[g] += a @ b.T  # (O_g, C_g*kH*kW)
+    return dw.reshape(o, cg, kh, kw)
+
+
 def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
     """Gradient of a loss with respect to the filters of :func:`conv2d`.
 
@@ -320,6 +367,8 @@ def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
     wo = conv_out_size(wd, kw, stride[1], padding[1])
     if tuple(dy.shape) != (n, o, ho, wo):
         raise ShapeError(f"conv2d_weight_grad: dy must have shape {(n, o, ho, wo)}, got {tuple(dy.shape)}")
+    if xp is np and x.dtype.kind == "f" and dy.dtype == x.dtype:
+        return _conv2d_weight_grad_phases(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
     cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
     cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
     dyr = dy.reshape(n, groups, o // groups, ho * wo)  # (N, G, O_g, H_out*W_out)
