@@ -333,3 +333,117 @@ def test_rerun_with_fewer_layers_removes_stale_figures(tiny_images: Path, tmp_pa
     assert not (tmp_path / "fig2_c2.png").exists()
     assert not (tmp_path / "gallery").exists()
     assert (tmp_path / "fig2_c1.png").is_file() and (tmp_path / "notes.png").is_file()
+
+
+# -- odd input and interrupted output (issue 14) -------------------------------------
+
+def _tiny_kw():
+    return dict(layers=["c1"], k=2, units=2, batch_size=4, workers=0, progress=False, tile=24)
+
+
+def test_a_file_name_that_is_not_utf8_is_mined_and_shown(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(root / "plain.png")
+    raw = os.path.join(os.fsencode(root), b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(open(raw, "wb"), format="PNG")
+    out = tmp_path / "out"
+    res = run_top9(tiny_net(), root, out, units="all", **{k: v for k, v in _tiny_kw().items() if k != "units"})
+    doc = json.loads((out / "top9.json").read_text(encoding="utf-8"))
+    assert doc["n_images"] == 2
+    assert "caf\ufffd.png" in {r["path"] for r in doc["results"]}
+    res.summary().encode("utf-8")  # printable
+    pages = "".join(p.read_text(encoding="utf-8") for p in (out / "gallery").rglob("unit_*.html"))
+    assert "caf\ufffd.png" in pages
+
+
+def test_folders_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from zfnet.data import ImageFolder
+
+    depth = sys.getrecursionlimit() + 100
+    root = tmp_path / "deep"
+    root.mkdir()
+    d = str(root)
+    for _ in range(depth):  # one level at a time (os.makedirs recurses)
+        d = os.path.join(d, "d")
+        os.mkdir(d)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(os.path.join(d, "bottom.png"))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "top.png")
+    try:
+        folder = ImageFolder(root)
+        assert len(folder) == 2 and folder.paths[-1] == "top.png" and folder.paths[0].endswith("/d/bottom.png")
+        assert folder.paths[0].count("/") == depth
+    finally:  # remove it bottom-up without recursion (shutil.rmtree recurses too)
+        os.remove(os.path.join(d, "bottom.png"))
+        while d != str(root):
+            os.rmdir(d)
+            d = os.path.dirname(d)
+
+
+def test_an_image_gone_after_mining_leaves_its_slot_empty(tiny_images: Path, tmp_path: Path) -> None:
+    from zfnet.data import ImageFolder, ImageReadError
+
+    class Vanishing(ImageFolder):
+        """Image 3 is deleted between mining and drawing."""
+
+        def __getitem__(self, index):
+            if index == 3:
+                raise ImageReadError(self.path(index), "unreadable", "no such file (deleted after mining)")
+            return super().__getitem__(index)
+
+    res = run_top9(tiny_net(), Vanishing(tiny_images), tmp_path, layers=["c1"], k=14, units="all", batch_size=4,
+                   workers=0, progress=False, tile=24)
+    doc = json.loads((tmp_path / "top9.json").read_text())
+    assert [x["image"] for x in doc["unreadable_at_figures"]] == [3]
+    assert any(r["image"] == 3 for r in doc["results"])  # its records are kept
+    assert "could not be read again for the figures" in res.summary()
+    assert (tmp_path / "fig2_c1.png").is_file() and (tmp_path / "gallery" / "index.html").is_file()
+
+
+def test_second_run_into_a_busy_folder_is_refused_and_stale_locks_are_taken_over(tiny_images, tmp_path) -> None:
+    import os
+    import socket
+
+    from zfnet._files import LOCK_NAME
+
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "command": "zfnet top9",
+                                "started": 0}))
+    with pytest.raises(ConfigError, match=rf"another run is writing here \(zfnet top9, pid {os.getppid()}"):
+        run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
+    assert not (tmp_path / "top9.json").exists()
+    dead = 2**22 + 12345  # above the usual pid_max: no such process
+    lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "command": "zfnet top9", "started": 0}))
+    run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
+    assert (tmp_path / "top9.json").is_file() and not lock.exists()  # taken over, then released
+
+
+def test_outputs_are_atomic_and_leftovers_of_a_killed_run_are_cleaned(tiny_images: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    from zfnet.figures import gallery as gallery_mod
+
+    run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
+    before = (tmp_path / "gallery" / "index.html").read_text()
+    fig = (tmp_path / "fig2_c1.png").read_bytes()
+    # what a kill -9 in the middle of atomic writes leaves behind
+    (tmp_path / ".top9.json.x1y2.part").write_bytes(b"half")
+    (tmp_path / ".gallery.building-999999").mkdir()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # the run is stopped while it writes the gallery's pages
+
+    monkeypatch.setattr(gallery_mod, "_write_layer", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
+    assert (tmp_path / "gallery" / "index.html").read_text() == before  # the old gallery is intact
+    assert (tmp_path / "fig2_c1.png").read_bytes()[:8] == fig[:8]  # a whole PNG, old or new
+    assert not (tmp_path / ".top9.json.x1y2.part").exists()
+    monkeypatch.undo()
+    run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no .part files, no half-built galleries, no lock

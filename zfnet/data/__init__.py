@@ -12,10 +12,12 @@ from .images import (
     ImageFolder,
     ImageReadError,
     decode_image,
+    display_path,
     image_extensions,
     open_image,
     probe_image,
     to_rgb,
+    walk_files,
 )
 from .transforms import (
     Batch,
@@ -36,6 +38,8 @@ __all__ = [
     "ImageFolder",
     "ImageReadError",
     "decode_image",
+    "display_path",
+    "walk_files",
     "image_extensions",
     "open_image",
     "probe_image",

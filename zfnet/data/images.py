@@ -86,6 +86,8 @@ __all__ = [
     "to_rgb",
     "image_extensions",
     "ImageFolder",
+    "walk_files",
+    "display_path",
 ]
 
 #: Default ceiling on width * height, equal to Pillow's own warning threshold
@@ -325,6 +327,53 @@ def _grey_to_uint8(v: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def walk_files(root: str | os.PathLike) -> list[str]:
+    """Relative POSIX paths of the files below ``root``, hidden files and folders skipped.
+
+    An explicit stack instead of :func:`os.walk` (which recurses in Python 3.11, so a
+    folder chain 1,000 deep raised ``RecursionError`` and lost the run).  Symbolic
+    links to folders are not followed (no cycles).  Names are the operating system's,
+    surrogate-escaped where they are not valid UTF-8 (:func:`display_path` shows them).
+    Unreadable sub-folders are skipped.  Unsorted.
+    """
+    out: list[str] = []
+    stack = [""]
+    base = os.fspath(root)
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(os.path.join(base, rel_dir) if rel_dir else base) as it:
+                entries = list(it)
+        except OSError:
+            if not rel_dir:
+                raise
+            continue  # a sub-folder we may not read: skipped, like os.walk does
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+            try:
+                is_dir = e.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir:
+                stack.append(rel)
+            elif e.is_file():
+                out.append(rel)
+    return out
+
+
+def display_path(path: str) -> str:
+    """``path`` safe to print, write into JSON/HTML or draw: undecodable bytes become U+FFFD.
+
+    File names that are not valid UTF-8 reach Python surrogate-escaped
+    (``b"caf\\xe9.jpg"`` -> ``"caf\\udce9.jpg"``), which cannot be encoded as UTF-8;
+    they are still opened by that name, and identified (digests, resume) by their
+    bytes, ``path.encode("utf-8", "surrogateescape")``.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def open_image(
     path: str | os.PathLike,
     *,
@@ -428,16 +477,12 @@ class ImageFolder:
         self.exif_transpose = exif_transpose
         paths: list[str] = []
         ignored_paths: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = Path(dirpath).relative_to(self.root)
-            for name in filenames:
-                if name.startswith("."):
-                    continue
-                if exts is not None and os.path.splitext(name)[1].lower() not in exts:
-                    ignored_paths.append((rel_dir / name).as_posix())
-                    continue
-                paths.append((rel_dir / name).as_posix())
+        for rel in walk_files(self.root):
+            name = rel.rsplit("/", 1)[-1]
+            if exts is not None and os.path.splitext(name)[1].lower() not in exts:
+                ignored_paths.append(rel)
+                continue
+            paths.append(rel)
         paths.sort()
         ignored_paths.sort()
         ignored = len(ignored_paths)

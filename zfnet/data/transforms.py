@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, ShapeError
-from .images import SKIP_KINDS, ImageFolder, ImageReadError, open_image, to_rgb
+from .images import SKIP_KINDS, ImageFolder, ImageReadError, display_path, open_image, to_rgb
 
 __all__ = [
     "TransformConfig",
@@ -575,7 +575,7 @@ def summarize_skips(n_read: int, skipped: Sequence[Skipped], notes: Sequence[Not
         for k in kinds:
             items = by_kind[k]
             names = ", ".join(
-                f"{s.path} ({s.detail})" if len(s.detail) < 90 else f"{s.path} ({s.detail[:87]}...)"
+                display_path(f"{s.path} ({s.detail})" if len(s.detail) < 90 else f"{s.path} ({s.detail[:87]}...)")
                 for s in items[:max_listed]
             )
             more = f" and {len(items) - max_listed} more" if len(items) > max_listed else ""
@@ -584,7 +584,7 @@ def summarize_skips(n_read: int, skipped: Sequence[Skipped], notes: Sequence[Not
     else:
         parts.append("skipped none")
     if notes:
-        names = ", ".join(f"{n.path} ({n.text})" for n in notes[:max_listed])
+        names = ", ".join(display_path(f"{n.path} ({n.text})") for n in notes[:max_listed])
         more = f" and {len(notes) - max_listed} more" if len(notes) > max_listed else ""
         parts.append(f"{len(notes)} noted: {names}{more}")
     return "; ".join(parts)

@@ -60,7 +60,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..backend import asnumpy
-from ..data import ImageFolder, Transform, normalize
+from ..data import ImageFolder, ImageReadError, Transform, normalize
 from ..errors import ConfigError
 from .project import project_units
 from .receptive_field import receptive_fields, unit_box
@@ -223,7 +223,8 @@ def unit_views(
     chunk: int = 16,
     to_device: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int], None] | None = None,
-) -> list[UnitView]:
+    unreadable: dict | None = None,
+) -> list[UnitView | None]:
     """Patches and projections of mined units (records from :meth:`TopK.records`).
 
     Units are grouped by image and projected ``chunk`` at a time, each with its own
@@ -249,10 +250,14 @@ def unit_views(
     progress : callable, optional
         Called with the number of units finished after each chunk.
 
+    unreadable : dict, optional
+        Filled with ``{image index: reason}`` for mined images that can no longer be
+        read (deleted or changed since mining); their records get no view.
+
     Returns
     -------
-    list of UnitView
-        In the order of ``records``.
+    list of UnitView or None
+        In the order of ``records``; None where the record's image could not be read.
     """
     records = list(records)
     rfs = receptive_fields(model)
@@ -266,9 +271,20 @@ def unit_views(
         idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
         for lo in range(0, len(idxs), chunk):
             part = idxs[lo: lo + chunk]
-            images = sorted({int(records[i]["image"]) for i in part})
+            images, pictures = [], []
+            for n in sorted({int(records[i]["image"]) for i in part}):
+                try:
+                    pictures.append(transform.geometry(folder[n]))  # (H, W, 3) uint8
+                    images.append(n)
+                except (ImageReadError, OSError) as e:  # gone or changed since it was mined
+                    if unreadable is not None:
+                        unreadable[n] = str(getattr(e, "detail", e))
             where = {n: j for j, n in enumerate(images)}
-            pictures = [transform.geometry(folder[n]) for n in images]  # (H, W, 3) uint8 each
+            if progress is not None and len(where) < len({int(records[i]["image"]) for i in part}):
+                progress(sum(1 for i in part if int(records[i]["image"]) not in where))
+            part = [i for i in part if int(records[i]["image"]) in where]
+            if not part:
+                continue
             x = np.stack([normalize(p, transform.config) for p in pictures])  # (B, 3, H, W)
             if to_device is not None:
                 x = to_device(x)

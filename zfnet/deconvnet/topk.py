@@ -152,10 +152,14 @@ class LayerTopK:
 
 
 def paths_digest(paths: Sequence[str]) -> str:
-    """SHA-256 of the newline-joined relative paths: identifies a dataset's order."""
+    """SHA-256 of the newline-joined relative paths: identifies a dataset's order.
+
+    Each path is digested as the bytes the operating system gave (surrogate-escaped
+    names that are not valid UTF-8 included).
+    """
     h = hashlib.sha256()
     for p in paths:
-        h.update(p.encode("utf-8"))
+        h.update(p.encode("utf-8", "surrogateescape"))
         h.update(b"\n")
     return h.hexdigest()
 

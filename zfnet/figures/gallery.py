@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..data.images import display_path
 from ..deconvnet.patches import UnitView
 from .render import save_png
 
@@ -126,7 +127,10 @@ def write_gallery(
     Path
         ``out / "index.html"``.
     """
-    out = Path(out)
+    final = Path(out)
+    # Built beside the old gallery and swapped in at the end: an interrupted run
+    # leaves the previous gallery (or none), never a half-written one.
+    out = final.parent / f".{final.name}.building-{os.getpid()}"
     if out.exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
@@ -155,7 +159,13 @@ def write_gallery(
         shutil.copyfile(src, dst)
         index_parts.append(f'<h2>{html.escape(cap)}</h2><img class="fig" src="{_rel(dst, out)}" alt="{html.escape(cap)}">')
     (out / "index.html").write_text(_page(title, "\n".join(index_parts)), encoding="utf-8")
-    return out / "index.html"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(out, final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final / "index.html"
 
 
 def _slug(layer: str) -> str:
@@ -187,7 +197,7 @@ def _write_layer(out: Path, layer: str, units: Mapping[int, Sequence[UnitView]],
                 f'<td><img class="px" src="img/{stem}_proj.png" alt="projection rank {v.rank}"></td>'
                 f'<td><img class="px" src="img/{stem}_patch.png" alt="patch rank {v.rank}"></td>'
                 f"<td>{ctx}</td>"
-                f'<td class="meta">value {v.value:.6g}<br>image #{v.image}<br>{html.escape(v.path)}<br>'
+                f'<td class="meta">value {v.value:.6g}<br>image #{v.image}<br>{html.escape(display_path(v.path))}<br>'
                 f"map (y, x) = ({v.y}, {v.x})<br>box rows {y0}..{y1}, cols {x0}..{x1}</td></tr>"
             )
         if not vs:

@@ -140,12 +140,18 @@ def caption(img: np.ndarray, text: str, size: int = 12, where: str = "top", bg=P
 
 
 def save_png(img: np.ndarray, path: str | os.PathLike, max_side: int | None = None) -> Path:
-    """Save an RGB array as an optimised PNG, shrunk to ``max_side`` if given."""
+    """Save an RGB array as an optimised PNG, shrunk to ``max_side`` if given.
+
+    Written atomically (a temporary file beside ``path``, then renamed): an
+    interrupted run leaves the old picture or the new one, never a cut one.
+    """
+    from .._files import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pic = Image.fromarray(np.ascontiguousarray(img))
     if max_side is not None and max(pic.size) > max_side:
         s = max_side / max(pic.size)
         pic = pic.resize((max(1, round(pic.width * s)), max(1, round(pic.height * s))), Image.Resampling.LANCZOS)
-    pic.save(path, optimize=True)
+    atomic_write(path, lambda fh: pic.save(fh, format="PNG", optimize=True))
     return path

@@ -25,9 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import atomic_write, output_lock, remove_stale_parts
 from ..backend import to_device as _to_device
-from ..data import ImageBatches, ImageFolder, Transform, TransformConfig, summarize_skips
+from ..data import ImageBatches, ImageFolder, ImageReadError, Transform, TransformConfig, summarize_skips
+from ..data.images import display_path
 from ..data.transforms import Skipped
 from ..deconvnet.patches import UnitView, unit_views
 from ..deconvnet.receptive_field import receptive_fields, unit_box
@@ -115,6 +116,7 @@ class Top9Result:
     gallery: Path | None = None
     weights_label: str = ""
     ignored: list[str] = field(default_factory=list)
+    lost: dict[int, dict] = field(default_factory=dict)  # mined images unreadable at figure time
 
     def summary(self) -> str:
         """The one-paragraph account printed at the end of a run."""
@@ -134,6 +136,7 @@ class Top9Result:
             f"Mined the top {self.state.k} of {layers} over {self.n_files:,} files{resumed} with "
             f"{self.weights_label or 'the given weights'}: {text}. "
             + _ignored_sentence(self.ignored)
+            + _lost_sentence(self.lost)
             + units
             + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
                if self.images_per_second > 0 else "Nothing was left to mine. ")
@@ -150,7 +153,7 @@ def _ignored_sentence(paths: list[str]) -> str:
     if not paths:
         return ""
     many = len(paths) != 1
-    names = ", ".join(paths[:5]) + (", ..." if len(paths) > 5 else "")
+    names = ", ".join(display_path(p) for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
     return (f"{len(paths):,} file{'s' if many else ''} with extensions no image reader knows "
             f"{'were' if many else 'was'} not read ({names}; listed under 'ignored' in top9.json). ")
 
@@ -169,6 +172,16 @@ def _remove_stale_figures(out: Path, written) -> list[Path]:
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def _lost_sentence(lost: dict[int, dict]) -> str:
+    """'2 mined images could not be read again for the figures (a.jpg: ...); ...' or ''."""
+    if not lost:
+        return ""
+    items = list(lost.values())
+    names = "; ".join(f"{x['path']}: {x['reason']}" for x in items[:3]) + ("; ..." if len(items) > 3 else "")
+    return (f"{len(items):,} mined image{'s' if len(items) != 1 else ''} could not be read again for the figures "
+            f"({names}): their records stay in top9.json (unreadable_at_figures), their slots are left empty. ")
 
 
 def _progress_bar(total: int, initial: int, desc: str, enabled: bool, unit: str = "img"):
@@ -246,9 +259,22 @@ def run_top9(
     -------
     Top9Result
     """
-    t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "zfnet top9"):
+        remove_stale_parts(out)  # what a killed run's atomic writes left behind
+        return _run_top9(model, images, out, layers=layers, k=k, units=units, resume=resume,
+                         batch_size=batch_size, workers=workers, seed=seed, transform=transform,
+                         weights_label=weights_label, weights_digest=weights_digest, save_every=save_every,
+                         rule=rule, tile=tile, gallery=gallery, progress=progress, device=device, stop=stop,
+                         interrupt_after=interrupt_after)
+
+
+def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size, workers, seed, transform,
+              weights_label, weights_digest, save_every, rule, tile, gallery, progress, device, stop,
+              interrupt_after) -> Top9Result:
+    """:func:`run_top9`'s work, run while holding the lock on ``out``."""
+    t_start = time.perf_counter()
     folder = images if isinstance(images, ImageFolder) else ImageFolder(images)
     transform = transform or transform_for(model)
     layers = list(layers) if layers else model.feature_layer_names()
@@ -305,6 +331,7 @@ def run_top9(
     for r in records:
         if r["layer"] in rfs:
             r["box"] = list(unit_box(rfs, r["layer"], r["y"], r["x"], clip=False))
+    shown = [dict(r, path=display_path(r["path"])) for r in records]  # JSON-safe names
     doc = {
         "arch": model.arch,
         "weights": weights_label,
@@ -315,15 +342,15 @@ def run_top9(
         "rule": rule,
         "layers": {n: list(s) for n, s in shapes.items()},
         "transform": transform.config.to_dict(),
-        "skipped": state.skipped,
-        "ignored": folder.ignored_paths,
+        "skipped": [dict(x, path=display_path(x["path"])) for x in state.skipped],
+        "ignored": [display_path(p) for p in folder.ignored_paths],
         "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
         "firing_note": (f"results hold only activations > 0 (where the unit fired): a unit that fired in "
                         f"fewer than k = {k} images has fewer results, a dead unit (listed under dead_units) none"),
         "dead_units": {n: [int(c) for c in np.flatnonzero(f == 0)] for n, f in firing.items()},
         "weak_units": {n: {str(int(c)): int(f[c]) for c in np.flatnonzero((f > 0) & (f < k))}
                        for n, f in firing.items()},
-        "results": records,
+        "results": shown,
     }
     atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
 
@@ -334,7 +361,14 @@ def run_top9(
         chosen[name] = select_units(name, t.values[:, 0], units, seed)
     wanted = [r for r in records if r["channel"] in set(chosen[r["layer"]])]
     with _progress_bar(len(wanted), 0, "projecting", progress, unit="unit") as bar:
-        views = unit_views(model, folder, transform, wanted, rule=rule, progress=bar.update, to_device=to_dev)
+        lost: dict[int, str] = {}
+        views = unit_views(model, folder, transform, wanted, rule=rule, progress=bar.update, to_device=to_dev,
+                           unreadable=lost)
+    views = [v for v in views if v is not None]  # records of images gone since mining keep their slot empty
+    if lost:
+        doc["unreadable_at_figures"] = [{"image": int(n), "path": display_path(folder.paths[n]), "reason": why}
+                                        for n, why in sorted(lost.items())]
+        atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
     by_layer: dict[str, dict[int, list[UnitView]]] = {name: {c: [] for c in chosen[name]} for name in layers}
     for v in views:
         by_layer[v.layer][v.channel].append(v)
@@ -355,7 +389,13 @@ def run_top9(
         thumbs[name] = {c: unit_block(vs, k, 24, None if fl is None else fl.get(c)) for c, vs in by_layer[name].items()}
     gallery_index = None
     if gallery:
-        pictures = {v.image: transform.geometry(folder[v.image]) for v in views}
+        pictures = {}
+        for v in views:
+            if v.image not in pictures and v.image not in lost:
+                try:
+                    pictures[v.image] = transform.geometry(folder[v.image])
+                except (ImageReadError, OSError) as e:
+                    lost[v.image] = str(getattr(e, "detail", e))
         extra = [(f"{first[0]} filters, per-filter scaling", figures[f"filters_{first[0]}"]),
                  (f"{first[0]} filters, shared scaling", figures[f"filters_{first[0]}_shared"])] if first else []
         notes = (f"{model.arch} with {weights_label or 'the given weights'}; top {k} of every channel over "
@@ -372,4 +412,5 @@ def run_top9(
         seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
         peak_rss_mib=peak_rss_mib(), resumed_from=start, peak_rss_mining_mib=rss_mining, figures=figures, gallery=gallery_index,
         weights_label=weights_label, ignored=list(folder.ignored_paths),
+        lost={int(n): {"path": display_path(folder.paths[n]), "reason": why} for n, why in sorted(lost.items())},
     )
