@@ -157,6 +157,34 @@ def test_bad_blobs_and_files(tmp_path):
         read_caffemodel(dup)
 
 
+@pytest.mark.parametrize("dims", [(2**62, 0), (0, 2**62), (1 << 31, 1 << 31, 0), (5, 0)],
+                         ids=["2^62x0", "0x2^62", "2^31x2^31x0", "5x0"])
+def test_blob_shapes_are_bounded_before_allocation(tmp_path, dims):
+    """A zero dimension made (2**62, 0) "hold" its zero values: NumPy then raised a raw
+    ValueError (array is too big).  prod(max(d, 1)) must fit the values present."""
+    blob = pb.field_len(7, pb.field_packed_varints(1, dims))  # BlobShape only, no data
+    path = tmp_path / "shape.caffemodel"
+    path.write_bytes(pb.field_len(100, pb.field_string(1, "conv1") + pb.field_len(7, blob)))
+    assert path.stat().st_size < 40
+    with pytest.raises(WeightsError, match=r"shape\.caffemodel: .*layer 'conv1' blob 0: blob declares shape"):
+        read_caffemodel(path)
+
+
+def test_legacy_blob_dims_are_bounded_and_name_the_layer(tmp_path):
+    dims = b"".join(pb.field_varint(i, d) for i, d in zip((1, 2, 3, 4), (0, 2**31 - 1, 2**31 - 1, 7)))
+    ok_blob = pb.field_packed(5, np.ones(3, np.float32))
+    layer = (pb.field_string(4, "fc6") + pb.field_varint(5, 14) + pb.field_len(6, ok_blob)
+             + pb.field_len(6, dims))
+    path = tmp_path / "legacy.caffemodel"
+    path.write_bytes(pb.field_len(2, layer))
+    with pytest.raises(WeightsError, match="layer 'fc6' blob 1: blob declares shape"):
+        read_caffemodel(path)
+    too_many_axes = pb.field_len(7, pb.field_packed_varints(1, [1] * 40))
+    path.write_bytes(pb.field_len(100, pb.field_string(1, "c") + pb.field_len(7, too_many_axes)))
+    with pytest.raises(WeightsError, match="layer 'c' blob 0: .*more than 32 axes"):
+        read_caffemodel(path)
+
+
 def test_length_bomb_is_not_allocated(tmp_path):
     """A LEN field claiming 2**62 bytes fails on the bounds check, nothing is allocated."""
     path = tmp_path / "bomb.caffemodel"

@@ -151,6 +151,61 @@ def test_deflate_bomb_member_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
+def squeeze_members(tmp_path_factory):
+    """The members of a small native SqueezeNet file, metadata parsed."""
+    path = tmp_path_factory.mktemp("meta") / "s.npz"
+    save(_small("squeezenet1_0"), path, class_names=[f"c{i}" for i in range(7)])
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    meta = json.loads(np.load(io.BytesIO(members.pop(META_KEY + ".npy"))).tobytes())
+    return members, meta
+
+
+def _with_meta(path, members: dict, meta: dict):
+    blob = json.dumps(meta).encode()
+    path.write_bytes(_npz_bytes({**members, META_KEY + ".npy": _npy(np.frombuffer(blob, np.uint8))}))
+    return path
+
+
+@pytest.mark.parametrize("key, value", [
+    ("resize", 100000),                 # preprocess used to raise a raw MemoryError
+    ("input_size", 60000),
+    ("input_size", [8000, 8000]),       # 732 MiB per preprocessed image
+    ("crop", [0, 227]),
+    ("input_size", [227]),
+    ("resize", 256.5),
+    ("resize", True),
+    ("mean", [float("nan"), 0, 0]),
+    ("mean", [1.0, 2.0]),
+    ("mean", 1e300),
+    ("std", [1.0, 0.0, 1.0]),
+    ("std", float("inf")),
+    ("scale", -1),
+    ("channel_order", "XYZ"),
+    ("class_names", "abc"),
+    ("class_names", ["a"] * 3),         # 3 names for 7 classes
+    ("num_classes", 10**12),
+    ("training", 3),
+    ("preprocess", {"resize": 10**6}),
+    ("resize", 200),                    # smaller than the 227 crop (TransformConfig's rule)
+])
+def test_metadata_numbers_are_bounded_at_load_time(tmp_path, squeeze_members, key, value):
+    members, meta = squeeze_members
+    path = _with_meta(tmp_path / "m.npz", members, {**meta, key: value})
+    with pytest.raises(WeightsError, match=f"m.npz: metadata.*{key}") as info:
+        load(path)
+    assert "expected" in str(info.value) or "must" in str(info.value) or "names for" in str(info.value)
+
+
+def test_metadata_at_its_bounds_loads(tmp_path, squeeze_members):
+    members, meta = squeeze_members
+    edge = {**meta, "input_size": [4096, 16], "crop": [4096, 16], "resize": 4096, "mean": 1e6,
+            "std": [1e-6, 1, 1e6], "scale": 1e-6, "channel_order": "rgb"}
+    model = load(_with_meta(tmp_path / "edge.npz", members, edge))
+    assert model.config["resize"] == 4096 and model.config["class_names"][6] == "c6"
+
+
+@pytest.fixture(scope="module")
 def native_bytes(tmp_path_factory):
     path = tmp_path_factory.mktemp("native") / "n.npz"
     save(_small("squeezenet1_0"), path)

@@ -255,11 +255,40 @@ def test_hostile_legacy_header_pickles(tmp_path, slot):
     assert not sentinel.exists()
 
 
-def test_pickled_module_is_refused(tmp_path):
-    """torch.save(model) pickles classes by name; a state dict is required."""
-    path = _save(nn.Linear(2, 2), tmp_path / "module.pth", True)
-    with pytest.raises(WeightsError, match=r"refused to load global 'torch\.nn\.modules"):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_module_is_refused_and_the_message_says_what_to_save(tmp_path, zip_format):
+    """torch.save(model) pickles classes by name; the message says to save the state dict."""
+    path = _save(nn.Linear(2, 2), tmp_path / "module.pth", zip_format)
+    with pytest.raises(WeightsError, match=r"refused to load global 'torch\.nn\.modules") as info:
         read_pth(path)
+    assert r"torch.save(model.state_dict(), path)" in str(info.value)
+    # A payload that is not a class gets no such advice.
+    evil = _zip_checkpoint(tmp_path / "evil.pth", pickle.dumps(_Call(os.system, "true"), protocol=2))
+    with pytest.raises(WeightsError, match="refused") as info:
+        read_pth(evil)
+    assert "state_dict" not in str(info.value)
+
+
+# Hand-written BUILDs on the storage stand-in every load used to share (issue 14).
+_POISONS = {
+    "name": b"\x80\x02ctorch\nFloatStorage\nN}\x8c\x04name\x8c\x0fBFloat16Storages\x86b0}.",
+    "dtype": b"\x80\x02ctorch\nFloatStorage\nN}\x8c\x05dtypeNs\x86b0}.",
+}
+
+
+@pytest.mark.parametrize("poison", list(_POISONS))
+def test_hostile_build_cannot_corrupt_a_later_torchvision_alexnet(tmp_path, poison):
+    """Before the fix, the poisoned marker made the next AlexNet load as all zeros
+    ("name") or raise a raw AttributeError ("dtype")."""
+    net = _torch_alexnet()
+    path = _save(net.state_dict(), tmp_path / "alexnet.pth", True)
+    with pytest.raises(WeightsError, match="BUILD"):
+        read_pth(_zip_checkpoint(tmp_path / "hostile.pth", _POISONS[poison]))
+    got = read_pth(path)
+    for key, tensor in net.state_dict().items():
+        np.testing.assert_array_equal(got[key], tensor.numpy(), err_msg=key)
+    model = load(path)
+    np.testing.assert_array_equal(model.state_dict()["conv1.weight"], net.features[0].weight.detach().numpy())
 
 
 def test_dotted_names_and_storage_calls_are_refused(tmp_path):
@@ -304,7 +333,7 @@ def test_length_fields_the_file_cannot_back(tmp_path):
         read_pth(tmp_path / "huge.pth")
     # A pickle BINBYTES8 argument claiming a terabyte (would be allocated before reading).
     bomb = b"\x80\x05\x8e" + struct.pack("<Q", 1 << 40) + b"xx."
-    with pytest.raises(WeightsError, match="not a valid pickle"):
+    with pytest.raises(WeightsError, match="cannot parse.*1099511627776 bytes, but only 3 remain"):
         read_pth(_zip_checkpoint(tmp_path / "bomb.pth", bomb))
     # A memo index the pickle cannot need: the unpickler would size its memo table by it
     # (8 bytes of file asking for 2**26 slots = 1 GiB).

@@ -7,9 +7,10 @@
 * :func:`read_caffemodel` / :func:`write_caffemodel`: Caffe's binary protobuf
   (:mod:`.caffe`, :mod:`.protobuf`); :func:`parse_prototxt`: its text format.
 
-Nothing here runs code from a file: PyTorch pickles go through an unpickler that
-admits only tensor-rebuilding names, and Caffe files are decoded from the protobuf
-wire format by hand.
+Nothing here runs code from a file: PyTorch pickles run on a pickle machine of our
+own (:mod:`.safepickle`) that admits only tensor-rebuilding names and meters its work
+and memory per byte, and Caffe files are decoded from the protobuf wire format by
+hand.
 """
 
 from .bundled import bundled_weights_path

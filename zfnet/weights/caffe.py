@@ -64,6 +64,14 @@ V1_LAYER_TYPES: dict[int, str] = {
 _V1_TYPE_CODES = {name: code for code, name in V1_LAYER_TYPES.items()}
 
 _MAX_DIMS = 32  # Caffe's kMaxBlobAxes
+# Heap the decoded layers may take, per byte of file plus a constant: blob data costs
+# about what it occupies in the file (4 bytes per float), and the per-object overheads
+# below are what Python and NumPy spend on a layer, a blob or a packed run.  Without
+# the meter, 3-byte empty layers (or 2-byte empty blobs) would cost 200-300 bytes each.
+_HEAP_PER_BYTE = 16
+_HEAP_SLACK = 32 << 20
+_LAYER_COST = 512
+_ARRAY_COST = 384
 _FLOAT_TAG = pb.encode_tag(5, pb.I32)  # BlobProto.data written unpacked
 _DOUBLE_TAG = pb.encode_tag(8, pb.I64)
 
@@ -77,6 +85,23 @@ class CaffeLayer:
     blobs: list[np.ndarray] = field(default_factory=list)
 
 
+class _Meter:
+    """Heap charged so far against ``16 * file bytes + 32 MiB``."""
+
+    def __init__(self, file_size: int) -> None:
+        self.left = _HEAP_PER_BYTE * file_size + _HEAP_SLACK
+        self.file_size = file_size
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise pb.ProtobufError(
+                f"decoding it would take more than {_HEAP_PER_BYTE} x its {self.file_size} bytes "
+                f"+ {_HEAP_SLACK >> 20} MiB of memory (at {what}; thousands of empty layers or "
+                "blobs?)"
+            )
+
+
 def _string(buf: bytes, start: int, end: int) -> str:
     try:
         return bytes(buf[start:end]).decode("utf-8")
@@ -84,12 +109,18 @@ def _string(buf: bytes, start: int, end: int) -> str:
         raise pb.ProtobufError(f"string at offset {start} is not UTF-8") from exc
 
 
-def _decode_blob(buf: bytes, start: int, end: int) -> np.ndarray:
+def _decode_blob(buf: bytes, start: int, end: int, meter: _Meter | None = None) -> np.ndarray:
     """Decode one BlobProto into a float32 array of its declared shape.
 
     shape = BlobShape.dim if present, else (num, channels, height, width) if any is
     set, else (len(data),).  ``data`` (float) wins over ``double_data``.
+
+    The shape is checked with Python ints before anything is allocated: at most 32
+    axes, none negative, ``prod(shape)`` equal to the number of values present, and
+    ``prod(max(d, 1))`` (a zero dimension cannot hide the others) at most
+    ``max(1, values present)``.
     """
+    meter = meter or _Meter(end - start)
     dims: list[int] | None = None
     legacy = {}
     floats: list[np.ndarray] = []
@@ -106,10 +137,13 @@ def _decode_blob(buf: bytes, start: int, end: int) -> np.ndarray:
             tag, width, dtype, sink = unpacked
             run = pb.fixed_run(buf, pos, end, tag, width)
             if len(run):
+                meter.charge(_ARRAY_COST + run.size, f"offset {pos}")
                 sink.append(np.ascontiguousarray(run).view(dtype).reshape(-1))  # (count,)
                 pos += len(run) * (len(tag) + width)
                 continue
         value, s, e, pos = pb.read_value(buf, wire, tag_end, end)
+        if number in (5, 8):
+            meter.charge(_ARRAY_COST, f"offset {s}")  # one more (view) array in a list
         if unpacked is not None:
             unpacked[3].append(pb.packed_array(buf, s, e, unpacked[2]))
         elif number == 5 and wire == pb.LEN:
@@ -122,11 +156,16 @@ def _decode_blob(buf: bytes, start: int, end: int) -> np.ndarray:
                 if f.number != 1:
                     continue
                 if f.wire == pb.LEN:
+                    if f.end - f.start > 10 * _MAX_DIMS:  # more varints than axes allowed
+                        raise pb.ProtobufError(f"BlobShape.dim of {f.end - f.start} bytes holds more "
+                                               f"than {_MAX_DIMS} axes (offset {f.start})")
                     dims.extend(pb.to_signed(v) for v in pb.packed_varints(buf, f.start, f.end))
                 elif f.wire == pb.VARINT:
                     dims.append(pb.to_signed(f.value))
                 else:
                     raise pb.ProtobufError(f"BlobShape.dim has wire type {f.wire} (offset {f.start})")
+                if len(dims) > _MAX_DIMS:
+                    raise pb.ProtobufError(f"blob shape has more than {_MAX_DIMS} axes (offset {f.start})")
         elif number in (1, 2, 3, 4) and wire == pb.VARINT:
             legacy[number] = pb.to_signed(value, 32)
     if dims is not None:
@@ -141,17 +180,34 @@ def _decode_blob(buf: bytes, start: int, end: int) -> np.ndarray:
     count = sum(p.size for p in parts)
     if shape is None:
         shape = (count,)
-    if math.prod(shape) != count:
+    # Python ints: no overflow, whatever the file claims.  NumPy refuses shapes whose
+    # size overflows even when a zero dimension makes the array empty, so a zero may
+    # not hide the other dimensions either.
+    if math.prod(shape) != count or math.prod(max(d, 1) for d in shape) > max(count, 1):
         raise pb.ProtobufError(
-            f"blob declares shape {shape} ({math.prod(shape)} values) but holds {count} values "
-            f"(offset {start})"
+            f"blob declares shape {_shape_text(shape)} ({math.prod(shape)} values"
+            f"{', zeros aside ' + str(math.prod(max(d, 1) for d in shape)) if count == 0 else ''}) "
+            f"but holds {count} values (offset {start})"
         )
+    meter.charge(_ARRAY_COST + 4 * count, f"offset {start}")
     data = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros(0))
     return data.astype(np.float32).reshape(shape)
 
 
-def _decode_layer(buf: bytes, start: int, end: int, version: int) -> CaffeLayer:
-    """Decode a LayerParameter (version 2), V1LayerParameter (1) or V0LayerParameter (0)."""
+def _shape_text(shape: tuple) -> str:
+    """A shape for messages: a file may declare 32 axes of 19 digits each."""
+    return str(shape) if len(shape) <= 8 else f"{str(shape[:8])[:-1]}, ... ({len(shape)} axes))"
+
+
+def _decode_layer(buf: bytes, start: int, end: int, version: int,
+                  meter: _Meter | None = None) -> CaffeLayer:
+    """Decode a LayerParameter (version 2), V1LayerParameter (1) or V0LayerParameter (0).
+
+    A blob that fails to decode is reported as ``layer '<name>' blob <i>: ...`` (the
+    name as far as it has been read; Caffe writes it first).
+    """
+    meter = meter or _Meter(end - start)
+    meter.charge(_LAYER_COST, f"the layer at offset {start}")
     name_f, type_f, blobs_f = {2: (1, 2, 7), 1: (4, 5, 6), 0: (1, 2, 50)}[version]
     layer = CaffeLayer(name="", type="")
     for f in pb.iter_fields(buf, start, end):
@@ -162,10 +218,14 @@ def _decode_layer(buf: bytes, start: int, end: int, version: int) -> CaffeLayer:
         elif f.number == type_f and version != 1 and f.wire == pb.LEN:
             layer.type = _string(buf, f.start, f.end)
         elif f.number == blobs_f and f.wire == pb.LEN:
-            layer.blobs.append(_decode_blob(buf, f.start, f.end))
+            try:
+                layer.blobs.append(_decode_blob(buf, f.start, f.end, meter))
+            except pb.ProtobufError as exc:
+                who = f"layer '{layer.name}'" if layer.name else f"the layer at offset {start}"
+                raise pb.ProtobufError(f"{who} blob {len(layer.blobs)}: {exc}") from None
         elif version == 1 and f.number == 1 and f.wire == pb.LEN:
             # A V0 layer nested in a V1 wrapper (Caffe before 2014): take what it holds.
-            inner = _decode_layer(buf, f.start, f.end, version=0)
+            inner = _decode_layer(buf, f.start, f.end, 0, meter)
             layer.name = layer.name or inner.name
             layer.type = layer.type or inner.type
             layer.blobs.extend(inner.blobs)
@@ -203,12 +263,13 @@ def read_caffemodel_layers(path: str | os.PathLike) -> list[CaffeLayer]:
     path = os.fspath(path)
     buf = _read_bytes(path)
     layers: list[CaffeLayer] = []
+    meter = _Meter(len(buf))
     try:
         for f in pb.iter_fields(buf):
             if f.number == 100 and f.wire == pb.LEN:
-                layers.append(_decode_layer(buf, f.start, f.end, version=2))
+                layers.append(_decode_layer(buf, f.start, f.end, 2, meter))
             elif f.number == 2 and f.wire == pb.LEN:
-                layers.append(_decode_layer(buf, f.start, f.end, version=1))
+                layers.append(_decode_layer(buf, f.start, f.end, 1, meter))
     except pb.ProtobufError as exc:
         raise WeightsError(f"{path}: corrupt Caffe model: {exc}") from exc
     if not layers:

@@ -55,6 +55,7 @@ import io
 import json
 import math
 import os
+import reprlib
 import zipfile
 from typing import Any, Mapping, Sequence
 
@@ -99,6 +100,14 @@ _ARCHS = ("zfnet", "alexnet", "alexnet-torchvision", "squeezenet1_0")
 # Max expansion of a deflate stream (RFC 1951): an archive member cannot honestly
 # decompress to more than this many times its compressed size.
 _DEFLATE_RATIO = 1032
+# All members of a .npz together may inflate to at most this many bytes per byte of
+# file, plus a constant.  Float weights deflate to 90%; pruned ones (the Deep
+# Compression SqueezeNet) to 1/5.4; a few MiB of zeros fit in the constant.
+INFLATE_PER_BYTE = 16
+INFLATE_SLACK = 64 << 20
+META_MAX_BYTES = 4 << 20   # __meta__.json: class names and a training record, not more
+_NPY_HEADER_MAX = 10000    # numpy.load's own limit on a .npy header
+_READ_CHUNK = 1 << 20
 
 
 # ------------------------------------------------------------------------------ npz
@@ -152,10 +161,23 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | Non
     """Read a ``.npz`` safely: ``(arrays, metadata or None)``.
 
     Stricter than :func:`numpy.load`: members must be plain numeric ``.npy`` arrays
-    (no pickles, no object or structured dtypes), and each header's shape must
-    match the bytes actually present *before* the array is allocated (NumPy would
-    allocate the declared size first).  Deflated members may not claim more than
-    deflate can produce from their compressed size.
+    (no pickles, no object or structured dtypes), and nothing is inflated or
+    allocated before the sizes agree:
+
+    * a member's ``.npy`` header (dtype, shape) must account for exactly the
+      uncompressed size its zip entry declares (``file_size``), computed with Python
+      ints, a zero dimension not hiding the others;
+    * the declared sizes of all members together may not pass
+      ``16 * file size + 64 MiB`` (:data:`INFLATE_PER_BYTE`, :data:`INFLATE_SLACK`),
+      and a deflated member may not claim more than deflate can produce from its
+      compressed size (1032:1);
+    * each array is then inflated straight into its preallocated buffer, reading at
+      most the declared bytes plus one (which must not exist), so a zip entry that
+      lies about its size is caught without reading on;
+    * ``__meta__.json`` may hold at most :data:`META_MAX_BYTES` of UTF-8 JSON.
+
+    Memory: the returned arrays (at most ``16 * file size + 64 MiB``) plus a 1 MiB
+    read buffer (and one transient copy of a Fortran-ordered array).
 
     Raises
     ------
@@ -171,7 +193,8 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | Non
     except Exception as exc:
         raise WeightsError(f"{path}: not a readable .npz (zip) archive ({exc})") from exc
     arrays: dict[str, np.ndarray] = {}
-    total = 0
+    compressed_total = 0
+    inflate_left = INFLATE_PER_BYTE * file_size + INFLATE_SLACK
     with zf:
         try:
             infos = zf.infolist()
@@ -181,22 +204,31 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | Non
             name = info.filename
             if not name.endswith(".npy"):
                 raise WeightsError(f"{path}: member '{name}' is not a .npy array")
-            key = name[:-4]
             if info.compress_type == zipfile.ZIP_STORED:
                 limit = info.compress_size
             elif info.compress_type == zipfile.ZIP_DEFLATED:
                 limit = info.compress_size * _DEFLATE_RATIO + 1024
             else:
                 raise WeightsError(f"{path}: member '{name}' uses an unsupported compression")
-            total += info.compress_size
-            if info.file_size > limit or total > file_size:
+            compressed_total += info.compress_size
+            if info.file_size > limit or compressed_total > file_size:
                 raise WeightsError(f"{path}: member '{name}' claims {info.file_size} bytes, "
                                    "more than the file can hold")
+            inflate_left -= info.file_size
+            if inflate_left < 0:
+                raise WeightsError(
+                    f"{path}: member '{name}' would inflate the members to more than "
+                    f"{INFLATE_PER_BYTE} x the file's {file_size} bytes + {INFLATE_SLACK >> 20} MiB "
+                    "(a decompression bomb?)"
+                )
             try:
-                raw = zf.read(info)
-            except Exception as exc:
-                raise WeightsError(f"{path}: cannot read member '{name}' ({exc})") from exc
-            arrays[key] = _parse_npy(raw, path, name)
+                with zf.open(info) as fh:
+                    arrays[name[:-4]] = _read_npy(fh, info.file_size, path, name)
+            except WeightsError:
+                raise
+            except Exception as exc:  # zlib, CRC, EOF: the member is corrupt
+                raise WeightsError(f"{path}: cannot read member '{name}' "
+                                   f"({type(exc).__name__}: {exc})") from exc
     meta = None
     if META_KEY in arrays:
         blob = arrays.pop(META_KEY)
@@ -211,9 +243,28 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | Non
     return arrays, meta
 
 
-def _parse_npy(raw: bytes, path: str, name: str) -> np.ndarray:
-    """Parse one ``.npy`` member from its bytes, checking the header against them."""
-    f = io.BytesIO(raw)
+def _read_npy(fh, file_size: int, path: str, name: str) -> np.ndarray:
+    """Read one ``.npy`` member from its (inflating) stream, sizes checked first.
+
+    The header says ``shape`` and ``dtype``; ``header + prod(shape) * itemsize`` must
+    equal the zip entry's ``file_size`` before the array is allocated, and the body
+    is read into the array in 1 MiB steps, never past ``file_size + 1`` bytes.
+    """
+    prefix = fh.read(10)  # magic (6), version (2), header length (2 bytes in v1)
+    if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY":
+        raise WeightsError(f"{path}: member '{name}' has a bad .npy header (no NUMPY magic)")
+    if prefix[6] == 1:
+        head_len = int.from_bytes(prefix[8:10], "little")
+    elif prefix[6] in (2, 3):
+        prefix += fh.read(2)  # v2/v3: a 4-byte header length
+        head_len = int.from_bytes(prefix[8:12], "little")
+    else:
+        raise WeightsError(f"{path}: member '{name}' has a bad .npy header (version {prefix[6]})")
+    if head_len > _NPY_HEADER_MAX:
+        raise WeightsError(f"{path}: member '{name}' has a .npy header of {head_len} bytes "
+                           f"(at most {_NPY_HEADER_MAX})")
+    head = prefix + fh.read(head_len)
+    f = io.BytesIO(head)
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -231,13 +282,30 @@ def _parse_npy(raw: bytes, path: str, name: str) -> np.ndarray:
     count = math.prod(shape)
     if math.prod(max(d, 1) for d in shape) >= 2**48:  # a 0 dimension cannot hide the rest
         raise WeightsError(f"{path}: member '{name}' declares an impossible shape {shape}")
-    body = len(raw) - f.tell()
-    if count * dtype.itemsize != body:
-        raise WeightsError(f"{path}: member '{name}' declares shape {shape} ({count * dtype.itemsize} "
-                           f"bytes of {dtype}) but holds {body} bytes")
-    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=f.tell())
-    order = "F" if fortran else "C"
-    return arr.reshape(shape, order=order).astype(dtype.newbyteorder("="), order="C")
+    nbytes = count * dtype.itemsize
+    body = file_size - len(head)
+    if nbytes != body:
+        raise WeightsError(f"{path}: member '{name}' declares shape {shape} ({nbytes} bytes "
+                           f"of {dtype}) but holds {body} bytes")
+    if name == META_KEY + ".npy" and nbytes > META_MAX_BYTES:
+        raise WeightsError(f"{path}: {META_KEY} holds {nbytes} bytes of metadata (at most {META_MAX_BYTES})")
+    arr = np.empty(count, dtype=dtype)  # (count,): filled from the stream below
+    raw = arr.view(np.uint8)            # (nbytes,): the same memory, any dtype or byte order
+    got = 0
+    while got < nbytes:
+        chunk = fh.read(min(_READ_CHUNK, nbytes - got))
+        if not chunk:
+            break
+        raw[got:got + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        got += len(chunk)
+    if got != nbytes or fh.read(1):
+        raise WeightsError(f"{path}: member '{name}' declares shape {shape} ({nbytes} bytes of "
+                           f"{dtype}) but holds {'fewer' if got != nbytes else 'more'} bytes")
+    if not dtype.isnative:
+        arr = arr.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    if fortran:  # the file holds the transpose's memory order: one copy into C order
+        return arr.reshape(shape, order="F").copy(order="C")
+    return arr.reshape(shape)
 
 
 # -------------------------------------------------------------------------- formats
@@ -270,6 +338,91 @@ def detect_format(path: str | os.PathLike) -> str:
     if ext in (".caffemodel", ".binaryproto", "") or head[:1] in (b"\x0a", b"\x12", b"\xa2"):
         return "caffemodel"  # NetParameter: name (field 1), layers (2) or layer (100)
     raise WeightsError(f"{path}: unknown weights format (expected .npz, .pth or .caffemodel)")
+
+
+# ------------------------------------------------------------------------ metadata
+
+# Bounds on the numbers a native file's metadata may hold, checked when it is loaded
+# (before any of them sizes an image buffer).  Generous for any real network; an
+# input_size of 60000 would cost 43 GB per preprocessed image.
+META_SIZE_RANGE = (16, 4096)        # input_size / crop / resize, pixels
+META_VALUE_MAX = 1e6                # |mean|; std and scale lie in [1 / this, this]
+META_COUNT_MAX = 1 << 20            # num_classes, fc_width, len(class_names)
+META_NAME_MAX = 1000                # characters of one class name
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_metadata(meta: Mapping[str, Any], source: str, where: str = "metadata") -> None:
+    """Check every metadata value that is used, before any of it is.
+
+    ``input_size``/``crop``: an int or ``[H, W]`` within :data:`META_SIZE_RANGE`;
+    ``resize``: null or an int in that range; ``channel_order``: RGB or BGR;
+    ``mean``: a number or three, finite, ``|x| <= 1e6``; ``std``, ``scale``: finite,
+    within ``[1e-6, 1e6]``; ``num_classes``, ``fc_width``: ints in
+    ``1 .. 2**20``; ``class_names``: at most 2**20 strings of at most 1000
+    characters; ``arch``, ``variant``, ``interpolation``: strings; ``training``,
+    ``source``: objects; ``preprocess``: an object checked by the same rules.
+    (:func:`load` then has :class:`zfnet.data.TransformConfig` check how the values
+    fit together on the built model's config: resize at least the crop, a known
+    interpolation.)
+
+    Raises
+    ------
+    WeightsError
+        Naming the file and the key, with the value found and what was expected.
+    """
+    lo, hi = META_SIZE_RANGE
+
+    def bad(key: str, expected: str) -> WeightsError:
+        return WeightsError(f"{source}: {where} '{key}' is {reprlib.repr(meta[key])}; expected {expected}")
+
+    def size(v: Any) -> bool:
+        return _is_int(v) and lo <= v <= hi
+
+    def per_channel(v: Any, ok) -> bool:  # one number, or a list of three
+        vals = v if isinstance(v, list) else [v]
+        return len(vals) == (3 if isinstance(v, list) else 1) and all(_is_real(x) and ok(x) for x in vals)
+
+    for key in ("input_size", "crop"):
+        if key in meta:
+            v = meta[key]
+            if not (size(v) or (isinstance(v, list) and len(v) == 2 and all(size(x) for x in v))):
+                raise bad(key, f"an int or [H, W] of ints in {lo}..{hi}")
+    if "resize" in meta and not (meta["resize"] is None or size(meta["resize"])):
+        raise bad("resize", f"null or an int in {lo}..{hi}")
+    order = meta.get("channel_order", "RGB")
+    if not (isinstance(order, str) and order.upper() in ("RGB", "BGR")):
+        raise bad("channel_order", "'RGB' or 'BGR'")
+    if "mean" in meta and not per_channel(meta["mean"], lambda x: abs(x) <= META_VALUE_MAX):
+        raise bad("mean", f"a number or three, finite, within +-{META_VALUE_MAX:g}")
+    positive = lambda x: 1 / META_VALUE_MAX <= x <= META_VALUE_MAX  # noqa: E731
+    if "std" in meta and not per_channel(meta["std"], positive):
+        raise bad("std", f"a number or three, within {1 / META_VALUE_MAX:g}..{META_VALUE_MAX:g}")
+    if "scale" in meta and not (_is_real(meta["scale"]) and positive(meta["scale"])):
+        raise bad("scale", f"a number within {1 / META_VALUE_MAX:g}..{META_VALUE_MAX:g}")
+    for key in ("num_classes", "fc_width"):
+        if key in meta and not (_is_int(meta[key]) and 1 <= meta[key] <= META_COUNT_MAX):
+            raise bad(key, f"an int in 1..{META_COUNT_MAX}")
+    if "class_names" in meta:
+        names = meta["class_names"]
+        if not (isinstance(names, list) and len(names) <= META_COUNT_MAX
+                and all(isinstance(n, str) and len(n) <= META_NAME_MAX for n in names)):
+            raise bad("class_names", f"a list of strings of at most {META_NAME_MAX} characters")
+    for key in ("arch", "variant", "interpolation"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(key, "a string")
+    for key in ("training", "source", "preprocess"):
+        if key in meta and not isinstance(meta[key], dict):
+            raise bad(key, "a JSON object")
+    if "preprocess" in meta:
+        _check_metadata(meta["preprocess"], source, where="metadata preprocess")
 
 
 # ------------------------------------------------------------------------ key maps
@@ -450,10 +603,13 @@ def load(path: str | os.PathLike, arch: str | None = None,
     ------
     WeightsError
         Unreadable, corrupt or hostile file; unknown layout; a key or shape that
-        does not fit (the message names the key, expected and found shape).
+        does not fit (the message names the key, expected and found shape); metadata
+        outside its bounds (naming the key; see :func:`_check_metadata`).
     ConfigError
         Unknown ``arch``.
     """
+    from ..data.transforms import TransformConfig
+
     path = os.fspath(path)
     arch = _canonical_arch(arch)
     kind = detect_format(path)
@@ -462,6 +618,7 @@ def load(path: str | os.PathLike, arch: str | None = None,
     if kind == "npz":
         arrays, file_meta = read_npz(path)
         if file_meta is not None:
+            _check_metadata(file_meta, path)
             meta = {k: v for k, v in file_meta.items() if k not in ("format", "format_version", "dtype")}
             file_arch = meta.get("arch")
             if file_arch == "alexnet" and meta.get("variant") == "torchvision":
@@ -480,12 +637,19 @@ def load(path: str | os.PathLike, arch: str | None = None,
     else:
         arch, state, origin, meta = _caffe_to_state(read_caffemodel(path), arch, path)
     model = _build(arch, state, path)
+    if len(meta.get("class_names", ())) not in (0, model.num_classes):
+        raise WeightsError(f"{path}: metadata 'class_names' lists {len(meta['class_names'])} names "
+                           f"for {model.num_classes} classes")
     _fit(model, state, origin, path)
     for key in ("arch", "variant", "num_classes", "fc_width"):
         meta.pop(key, None)  # the built model's own values are authoritative
     model.config.update(meta)
     if "crop" not in model.config and "input_size" in model.config:
         model.config["crop"] = list(model.config["input_size"])
+    try:  # each value is bounded above; now how they fit together, as preprocess will
+        TransformConfig.from_dict(model.config)
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: metadata: {exc}") from exc
     if class_names is not None:
         if len(class_names) != model.num_classes:
             raise ConfigError(f"{len(class_names)} class names for {model.num_classes} classes")

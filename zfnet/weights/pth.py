@@ -2,13 +2,14 @@
 
 A PyTorch checkpoint is a Python pickle.  Unpickling an arbitrary pickle can call any
 importable function (``os.system``, ``builtins.eval``, ...), so :func:`read_pth` never
-hands a file to :func:`pickle.load`.  It parses it with :class:`_SafeUnpickler`, a
-:class:`pickle.Unpickler` whose ``find_class`` admits only the handful of names a
-state dict needs and answers everything else with a :class:`~zfnet.errors.WeightsError`
-*before* anything is called.  Even the admitted names do not reach torch: they resolve
-to small functions of this module that only record what the file describes
-(:class:`_StorageRef`, :class:`_TensorRef`).  The arrays are then cut out of the raw
-storage bytes with NumPy.
+hands a file to :mod:`pickle`.  It runs it on :func:`~.safepickle.run_pickle`, a pickle
+machine of its own that resolves only the handful of names a state dict needs
+(:data:`ALLOWED_GLOBALS`) and answers everything else with a
+:class:`~zfnet.errors.WeightsError` *before* anything is called.  Even the admitted
+names do not reach torch: they resolve to small functions of this module that only
+record what the file describes (:class:`_StorageRef`, :class:`_TensorRef`), or to
+frozen dtype markers.  The arrays are then cut out of the raw storage bytes with
+NumPy.
 
 Two container formats exist.
 
@@ -38,14 +39,15 @@ element ``t[i_0, ..., i_{d-1}]`` is ``storage[offset + sum_k i_k * stride[k]]``,
 exactly :func:`numpy.lib.stride_tricks.as_strided` on the storage with strides in bytes.
 
 Hostile and broken files.  Every length and offset is checked against the bytes that
-really exist before anything is allocated: each pickle is first walked with
-:func:`pickletools.genops`, which reads (and so bounds) every length-prefixed
-argument without building objects; zip records must be stored uncompressed (as torch
-writes them), so a record can never expand beyond the file; tensor views must fall
-inside their storage; and the total size of the returned arrays is capped at a small
-multiple of the file size.  The pickle machine has no loops, so parsing is linear in
-the file size.  Every failure ends in :class:`~zfnet.errors.WeightsError` naming the
-file.
+really exist before anything is allocated: the pickle machine reads every
+length-prefixed argument only if the data can back it; zip records must be stored
+uncompressed (as torch writes them), so a record can never expand beyond the file;
+tensor views must fall inside their storage; and the total size of the returned
+arrays is capped at a small multiple of the file size.  The pickle machine meters its
+work and heap per byte of pickle (8 units and 16 bytes per byte, plus constants; see
+:mod:`.safepickle`), changes no object it did not create in this load, and walks every
+dict key before hashing it, so reading takes time and memory linear in the file size.
+Every failure ends in :class:`~zfnet.errors.WeightsError` naming the file.
 
 References
 ----------
@@ -57,20 +59,18 @@ formats; this module re-implements the reading side from that description.
 from __future__ import annotations
 
 import _compat_pickle
-import io
 import math
 import os
-import pickle
-import pickletools
 import reprlib
-import warnings
 import zipfile
 from collections import OrderedDict
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..errors import WeightsError
+from .safepickle import run_pickle
 
 __all__ = ["read_pth", "ALLOWED_GLOBALS"]
 
@@ -103,13 +103,24 @@ _OUTPUT_SLACK = 16 << 20
 
 
 class _StorageType:
-    """Stand-in for a ``torch.*Storage`` class: records only its element dtype."""
+    """Stand-in for a ``torch.*Storage`` class: records only its element dtype.
+
+    One instance per storage class is shared by every load, so it is frozen: no
+    attribute can be set or deleted after construction (and the pickle machine has
+    no way to try: it refuses BUILD on anything but an OrderedDict).
+    """
 
     __slots__ = ("name", "dtype")
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(_STORAGE_DTYPES[name]))
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(f"torch.{self.name} stand-in is immutable")
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError(f"torch.{self.name} stand-in is immutable")
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
@@ -155,15 +166,29 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
     return data
 
 
-# (module, name) -> what find_class returns.  This is the whole trust boundary.
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): OrderedDict,
+def _ordered_dict(*args):
+    """Replacement for ``collections.OrderedDict``: a fresh, empty one per call.
+
+    ``torch.save`` pickles an OrderedDict as ``OrderedDict()`` followed by SETITEMS, so
+    arguments (whose keys would be hashed unchecked) are refused.
+    """
+    if args:
+        raise ValueError("OrderedDict(...) is rebuilt only empty (its items follow as SETITEMS)")
+    return OrderedDict()
+
+
+# (module, name) -> what the pickle machine gets for it.  This is the whole trust
+# boundary; read-only, and every value is a function of this module or a frozen marker.
+ALLOWED_GLOBALS: Mapping[tuple[str, str], Any] = MappingProxyType({
+    ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-}
-ALLOWED_GLOBALS.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
+    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+})
+# The admitted names that REDUCE may call (the storage types are only markers).
+_CALLABLES = (_ordered_dict, _rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter)
 
 
 def _py3_name(module: str, name: str) -> str:
@@ -181,79 +206,40 @@ def _py3_name(module: str, name: str) -> str:
     return f"'{real[0]}.{real[1]}' (spelled '{module}.{name}' in the pickle)"
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and nothing else.
+def _refusal(path: str, what: str, module: str, name: str) -> WeightsError:
+    """The error for a global outside :data:`ALLOWED_GLOBALS`, with advice for models."""
+    msg = (f"{path}: refused to load global {_py3_name(module, name)} from the {what}; a "
+           "weights file may only name tensors, storages and OrderedDict (nothing was executed)")
+    if name[:1].isupper():  # a class (nn.Linear, a user's Net, argparse.Namespace, ...)
+        msg += (f". '{name}' is a class: this looks like a whole pickled model "
+                "(torch.save(model)) or other objects saved beside the weights; save only "
+                "the weights with torch.save(model.state_dict(), path) and load that file")
+    return WeightsError(msg)
 
-    ``find_class`` is the only way a pickle can reach a Python callable (GLOBAL,
-    STACK_GLOBAL, INST, OBJ and the EXT opcodes all go through it), so refusing there
-    means a hostile pickle fails before its first call.  Storages arrive through
-    ``persistent_load`` and are handed to ``on_storage``.
+
+def _run_pickle(data: bytes, start: int, path: str, what: str,
+                on_storage: Callable[[Any], Any] | None = None,
+                allow_globals: bool = True) -> tuple[Any, int]:
+    """Unpickle ``data[start:]`` with :func:`~.safepickle.run_pickle`; ``(object, end)``.
+
+    Only :data:`ALLOWED_GLOBALS` resolve (none when ``allow_globals`` is false), only
+    the functions among them may be called, and storages arrive through
+    ``on_storage``.
     """
 
-    def __init__(self, data: bytes, path: str, what: str,
-                 on_storage: Callable[[Any], Any] | None = None,
-                 allow_globals: bool = True) -> None:
-        super().__init__(io.BytesIO(data))
-        self._path = path
-        self._what = what
-        self._on_storage = on_storage
-        self._allow_globals = allow_globals
-
-    def find_class(self, module: str, name: str) -> Any:
-        target = ALLOWED_GLOBALS.get((module, name)) if self._allow_globals else None
+    def find_class(module: str, name: str) -> Any:
+        target = ALLOWED_GLOBALS.get((module, name)) if allow_globals else None
         if target is None:
-            raise WeightsError(
-                f"{self._path}: refused to load global {_py3_name(module, name)} from the "
-                f"{self._what}; a weights file may only name tensors, storages and "
-                "OrderedDict (nothing was executed)"
-            )
+            raise _refusal(path, what, module, name)
         return target
 
-    def persistent_load(self, pid: Any) -> Any:
-        if self._on_storage is None:
-            raise WeightsError(f"{self._path}: unexpected persistent id in the {self._what}")
-        return self._on_storage(pid)
+    def reduce(fn: Any, args: tuple) -> Any:
+        if not any(fn is c for c in _CALLABLES):
+            raise ValueError(f"the pickle calls {_short(fn)}, which is not a function here")
+        return fn(*args)
 
-
-def _pickle_end(data: bytes, start: int, path: str, what: str) -> int:
-    """Walk one pickle with :func:`pickletools.genops` and return where it ends.
-
-    ``genops`` decodes every opcode and reads every length-prefixed argument with
-    ``read(n)`` checks, without building objects, so a length field that the data
-    cannot back fails here, before the real unpickler could allocate it.
-    """
-    f = io.BytesIO(data)
-    f.seek(start)
-    try:
-        with warnings.catch_warnings():  # STRING opcodes may warn about odd escapes
-            warnings.simplefilter("ignore")
-            for op, arg, at in pickletools.genops(f):
-                # The unpickler sizes its memo table by the largest index stored, so a
-                # few bytes saying "memo[2**31] = ..." would claim gigabytes.  Picklers
-                # number memo entries 0, 1, 2, ..., one per object already built, and
-                # every object costs at least one byte: refuse an index past that.
-                if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > at - start:
-                    raise WeightsError(
-                        f"{path}: the {what} stores memo index {int(arg)} at byte {at}, more "
-                        f"than the {at - start} bytes before it could need (a crafted file?)"
-                    )
-    except WeightsError:
-        raise
-    except Exception as exc:  # genops raises ValueError & co. on any malformed byte.
-        raise WeightsError(f"{path}: the {what} is not a valid pickle ({exc})") from exc
-    return f.tell()
-
-
-def _unpickle(data: bytes, path: str, what: str, **kwargs: Any) -> Any:
-    """Run :class:`_SafeUnpickler` on ``data`` (already walked by _pickle_end)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _SafeUnpickler(data, path, what, **kwargs).load()
-    except WeightsError:
-        raise
-    except Exception as exc:  # malformed stack, memo, arguments: all the file's fault
-        raise WeightsError(f"{path}: cannot parse the {what} ({type(exc).__name__}: {exc})") from exc
+    return run_pickle(data, start, source=path, what=what, find_class=find_class,
+                      reduce=reduce, persistent_load=on_storage)
 
 
 def _storage_ref_from_pid(pid: Any, path: str, legacy: bool) -> _StorageRef:
@@ -454,9 +440,8 @@ def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
             little = order == b"little"
 
         data = record("data.pkl")
-        _pickle_end(data, 0, path, "data.pkl pickle")
-        obj = _unpickle(data, path, "data.pkl pickle",
-                        on_storage=lambda pid: _storage_ref_from_pid(pid, path, legacy=False))
+        obj, _ = _run_pickle(data, 0, path, "data.pkl pickle",
+                             on_storage=lambda pid: _storage_ref_from_pid(pid, path, legacy=False))
         tensors = _find_tensor_dict(obj, path)
 
         def load_storage(ref: _StorageRef) -> np.ndarray:
@@ -479,9 +464,8 @@ def _read_legacy(path: str, data: bytes) -> dict[str, np.ndarray]:
     pos = 0
     header = []
     for what in ("magic number", "protocol version", "sys_info"):
-        end = _pickle_end(data, pos, path, f"legacy {what} pickle")
-        header.append(_unpickle(data[pos:end], path, f"legacy {what} pickle", allow_globals=False))
-        pos = end
+        obj, pos = _run_pickle(data, pos, path, f"legacy {what} pickle", allow_globals=False)
+        header.append(obj)
     magic, protocol, sys_info = header
     if magic != _LEGACY_MAGIC:
         raise WeightsError(f"{path}: not a PyTorch checkpoint (legacy magic number missing)")
@@ -500,12 +484,8 @@ def _read_legacy(path: str, data: bytes) -> dict[str, np.ndarray]:
         refs.append(ref)
         return ref
 
-    end = _pickle_end(data, pos, path, "main pickle")
-    obj = _unpickle(data[pos:end], path, "main pickle", on_storage=on_storage)
-    pos = end
-    end = _pickle_end(data, pos, path, "storage key list")
-    keys = _unpickle(data[pos:end], path, "storage key list", allow_globals=False)
-    pos = end
+    obj, pos = _run_pickle(data, pos, path, "main pickle", on_storage=on_storage)
+    keys, pos = _run_pickle(data, pos, path, "storage key list", allow_globals=False)
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
         raise WeightsError(f"{path}: the legacy storage key list is not a list of strings")
     tensors = _find_tensor_dict(obj, path)
