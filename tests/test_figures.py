@@ -447,3 +447,32 @@ def test_outputs_are_atomic_and_leftovers_of_a_killed_run_are_cleaned(tiny_image
     run_top9(tiny_net(), tiny_images, tmp_path, **_tiny_kw())
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no .part files, no half-built galleries, no lock
+
+
+def test_resume_after_files_were_deleted_keeps_the_indices(tiny_images: Path, tmp_path: Path) -> None:
+    """--resume over a folder that only lost files continues over the list it started with."""
+    import shutil
+
+    src = tmp_path / "imgs"
+    shutil.copytree(tiny_images, src)
+    out = tmp_path / "out"
+    kw = dict(layers=["c1"], k=3, units=2, batch_size=4, workers=0, progress=False, gallery=False, tile=24)
+    with pytest.raises(KeyboardInterrupt):
+        run_top9(tiny_net(), src, out, interrupt_after=2, **kw)  # images 0-7 mined
+    from zfnet.data import ImageFolder
+
+    paths = ImageFolder(src).paths
+    (src / paths[1]).unlink()  # already mined
+    (src / paths[12]).unlink()  # not yet mined
+    res = run_top9(tiny_net(), src, out, resume=True, **kw)
+    assert res.resumed_from == 8
+    doc = json.loads((out / "top9.json").read_text())
+    assert doc["n_files"] == len(paths) and sorted(doc["deleted_since_start"]) == sorted([paths[1], paths[12]])
+    assert [s["path"] for s in doc["skipped"] if s["index"] == 12] == [paths[12]]  # skipped with a reason
+    assert "2 file(s) deleted since then" in res.summary()
+    # a file added since the first run makes the lists incompatible: refused, as before
+    with pytest.raises(KeyboardInterrupt):
+        run_top9(tiny_net(), src, tmp_path / "out2", interrupt_after=1, **kw)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "class0" / "zz_new.png")
+    with pytest.raises(ConfigError, match="different inputs"):
+        run_top9(tiny_net(), src, tmp_path / "out2", resume=True, **kw)

@@ -495,6 +495,18 @@ class ImageFolder:
         self.ignored = ignored
         self.ignored_paths = ignored_paths
 
+    def with_paths(self, paths: Sequence[str]) -> "ImageFolder":
+        """The same folder and reading options, listing exactly ``paths`` (in that order).
+
+        Used to resume a run over the list it started with after files were deleted:
+        image indices keep their meaning, and a file that is gone is skipped with a
+        reason when it is read.
+        """
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.paths = list(paths)
+        return other
+
     def __len__(self) -> int:
         return len(self.paths)
 

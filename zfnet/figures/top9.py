@@ -6,6 +6,7 @@
     top9.json            every mined result: layer, channel, rank, image path, y, x, value
                          (and the unit's receptive-field box), plus what was mined with what
     topk_state.npz/.json the miner's state (``--resume`` continues from it)
+    topk_paths.json      the list of files mined (a resume after deletions keeps its indices)
     fig2_<layer>.png     Fig. 2 style picture per layer
     filters_conv1.png    first-layer filters (when the first layer sees RGB)
     gallery/index.html   the offline gallery
@@ -117,6 +118,7 @@ class Top9Result:
     weights_label: str = ""
     ignored: list[str] = field(default_factory=list)
     lost: dict[int, dict] = field(default_factory=dict)  # mined images unreadable at figure time
+    deleted_since_start: list[str] = field(default_factory=list)  # gone between the first run and --resume
 
     def summary(self) -> str:
         """The one-paragraph account printed at the end of a run."""
@@ -137,6 +139,9 @@ class Top9Result:
             f"{self.weights_label or 'the given weights'}: {text}. "
             + _ignored_sentence(self.ignored)
             + _lost_sentence(self.lost)
+            + (f"Resumed over the list the run started with: {len(self.deleted_since_start):,} file(s) deleted "
+               f"since then ({', '.join(self.deleted_since_start[:3])}{', ...' if len(self.deleted_since_start) > 3 else ''}). "
+               if self.deleted_since_start else "")
             + units
             + (f"Mining took {self.seconds_mining:.1f} s ({self.images_per_second:.1f} images/s), "
                if self.images_per_second > 0 else "Nothing was left to mine. ")
@@ -156,6 +161,31 @@ def _ignored_sentence(paths: list[str]) -> str:
     names = ", ".join(display_path(p) for p in paths[:5]) + (", ..." if len(paths) > 5 else "")
     return (f"{len(paths):,} file{'s' if many else ''} with extensions no image reader knows "
             f"{'were' if many else 'was'} not read ({names}; listed under 'ignored' in top9.json). ")
+
+
+def _resume_listing(folder: ImageFolder, paths_path: Path) -> tuple[ImageFolder, list[str]]:
+    """The folder as the interrupted run listed it, when files have only been deleted since.
+
+    A resumed run must index images as the run it continues did.  If the folder now
+    lists exactly what ``topk_paths.json`` recorded, nothing changes.  If files were
+    only deleted, the recorded list is used (the deleted files are skipped with a
+    reason when mining reaches them; records of ones already mined keep their slots
+    empty in the figures); returns ``(folder, deleted paths)``.  Files *added* since
+    make the lists incompatible: the fingerprint check then refuses the resume.
+    """
+    if not paths_path.is_file():
+        return folder, []
+    try:
+        saved = json.loads(paths_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return folder, []
+    if not isinstance(saved, list) or saved == folder.paths:
+        return folder, []
+    now = set(folder.paths)
+    gone = [p for p in saved if p not in now]
+    if not gone or len(now) + len(gone) != len(saved):  # files were added or renamed
+        return folder, []
+    return folder.with_paths(saved), gone
 
 
 def _remove_stale_figures(out: Path, written) -> list[Path]:
@@ -282,6 +312,10 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
         raise ConfigError(f"{model.arch}: no layers to mine (give --layers)")
     size = transform.config.input_size
     shapes = activation_shapes(model, layers, size)
+    state_path, paths_path = out / "topk_state.npz", out / "topk_paths.json"
+    lost_since: list[str] = []
+    if resume and state_path.exists():
+        folder, lost_since = _resume_listing(folder, paths_path)
     n_files = len(folder) if stop is None else min(stop, len(folder))
     fingerprint = {
         "arch": model.arch,
@@ -290,7 +324,6 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
         "n_files": len(folder),
         "transform": transform.config.to_dict(),
     }
-    state_path = out / "topk_state.npz"
     start = 0
     if resume and state_path.exists():
         state = TopK.load(state_path)
@@ -299,6 +332,8 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
         start = state.next_index(0)
     else:
         state = TopK(shapes, k, fingerprint)
+        # The list mined, so that a resume after files were deleted keeps every index.
+        atomic_write(paths_path, lambda fh: fh.write(json.dumps(folder.paths).encode("utf-8")))
     top = max(layers, key=model.layer_names().index)
     forward = lambda x: model.forward(x, upto=top, keep=layers, caches=False).activations  # noqa: E731
     to_dev = (lambda a: _to_device(a, device)) if device != "cpu" else None
@@ -344,6 +379,7 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
         "transform": transform.config.to_dict(),
         "skipped": [dict(x, path=display_path(x["path"])) for x in state.skipped],
         "ignored": [display_path(p) for p in folder.ignored_paths],
+        "deleted_since_start": [display_path(p) for p in lost_since],
         "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
         "firing_note": (f"results hold only activations > 0 (where the unit fired): a unit that fired in "
                         f"fewer than k = {k} images has fewer results, a dead unit (listed under dead_units) none"),
@@ -413,4 +449,5 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
         peak_rss_mib=peak_rss_mib(), resumed_from=start, peak_rss_mining_mib=rss_mining, figures=figures, gallery=gallery_index,
         weights_label=weights_label, ignored=list(folder.ignored_paths),
         lost={int(n): {"path": display_path(folder.paths[n]), "reason": why} for n, why in sorted(lost.items())},
+        deleted_since_start=[display_path(p) for p in lost_since],
     )
