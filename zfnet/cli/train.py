@@ -172,7 +172,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f6 = sub.add_parser("fig6", help="Fig. 6: first-layer filters, layer-2 projections and measures of two networks",
                         description="Side by side for each network: conv1 filters (per-filter and shared scaling), "
-                                    "conv2 projections; measures dead conv1 filters, high-frequency/aliasing energy "
+                                    "conv2 projections; measures dead conv1 filters, conv1's low-frequency fraction, "
+                                    "high-frequency/aliasing energy "
                                     "of conv2 projections, and validation accuracy.")
     f6.add_argument("--weights", nargs="+", required=True, metavar="FILE", help="weight files, e.g. alexnet then zfnet")
     f6.add_argument("--labels", nargs="+", default=None,
@@ -476,7 +477,7 @@ def run_fig6(args: argparse.Namespace) -> int:
         m = measures[label]
         acc = m["val_acc"]
         print(f"{label}: dead conv1 filters {m['dead_filters']['count']}/{m['dead_filters']['total']}, "
-              f"never-active {m['never_active']['count']}, conv2 hf {m['layer2']['hf_fraction']:.3f}, "
+              f"conv1 low-frequency median {m['low_frequency']['median']:.3f}, never-active {m['never_active']['count']}, conv2 hf {m['layer2']['hf_fraction']:.3f}, "
               f"grid4 {m['layer2']['grid4']:.2f}, grid2 {m['layer2']['grid2']:.2f}, "
               f"val top-1 {'n/a' if acc is None else f'{acc:.4f}'}")
     print(f"Fig. 6: {args.out}")
