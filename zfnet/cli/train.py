@@ -269,8 +269,11 @@ def check_fig6(args: argparse.Namespace) -> None:
 
 
 def _write_json(path: str, text: str) -> None:
+    """Write a result file atomically (the project's one way of writing results)."""
+    from .._files import atomic_write
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def _device(name: str) -> str:
