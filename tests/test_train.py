@@ -511,3 +511,56 @@ def test_a_checkpoint_from_before_the_new_recipe_keys_resumes_with_its_own_recip
     assert s["status"] == "done" and s["epoch"] == 2
     with pytest.raises(ConfigError, match="conv1_init_std"):  # the new default is a different recipe
         run(tmp_path, tiny_config(epochs=3))
+
+
+def test_init_from_a_run_starts_from_its_weights_and_resumes_exactly(tmp_path):
+    """--init-from: a warm restart from a run's final.npz (float16) or last.npz (exact)."""
+    first, _ = run(tmp_path / "first", tiny_config(keep_epochs=()))
+    trained = first.model.state_dict()
+    for name, exact in (("last.npz", True), ("final.npz", False)):
+        src = tmp_path / "first" / name
+        cfg = tiny_config(init_from=str(src), epochs=1, keep_epochs=(0,))
+        t = Trainer(cfg, tiny_data(), tiny_data(12, seed=1), tmp_path / f"warm-{name}", model=tiny_net(seed=5),
+                    progress=False)
+        t.fit(resume=True)
+        from zfnet.weights import read_npz
+
+        start, meta = read_npz(tmp_path / f"warm-{name}" / "epoch-000.npz")
+        for k, v in trained.items():
+            if exact:
+                np.testing.assert_array_equal(start[k].astype(np.float32), v.astype(np.float16).astype(np.float32),
+                                              err_msg=k)  # the snapshot itself is float16
+            else:
+                np.testing.assert_array_equal(start[k], v.astype(np.float16), err_msg=k)
+        assert len(meta["training"]["init_sha256"]) == 64
+        assert t.model.state_dict()["fc8.weight"].tolist() != start["fc8.weight"].tolist()  # it trained on
+    # a stopped warm run resumes exactly, even when the start file has gone since
+    cfg = tiny_config(init_from=str(tmp_path / "first" / "last.npz"))
+    straight = Trainer(cfg, tiny_data(), tiny_data(12, seed=1), tmp_path / "s", model=tiny_net(), progress=False)
+    straight.fit()
+    t1 = Trainer(cfg, tiny_data(), tiny_data(12, seed=1), tmp_path / "r", model=tiny_net(), progress=False,
+                 time_limit=0)
+    assert t1.fit(resume=True)["status"] == "stopped"
+    t2 = Trainer(cfg, tiny_data(), tiny_data(12, seed=1), tmp_path / "r", model=tiny_net(), progress=False)
+    assert t2.fit(resume=True)["status"] == "done"
+    for k, v in straight.model.state_dict().items():
+        np.testing.assert_array_equal(t2.model.state_dict()[k], v, err_msg=k)
+
+
+def test_init_from_refuses_other_networks_and_other_preprocessing(tmp_path):
+    from zfnet.train import load_initial_weights
+
+    run(tmp_path / "first", tiny_config(keep_epochs=()))
+    src = str(tmp_path / "first" / "final.npz")
+    wider = tiny_net()
+    wider.layers[3] = Linear("fc6", 4 * 4 * 4, 5, rng=np.random.default_rng(0))  # fc6 of another width
+    wider.layers[5] = Linear("fc8", 5, 3, relu=False, rng=np.random.default_rng(1))
+    before = {k: v.copy() for k, v in wider.state_dict().items()}
+    with pytest.raises(ConfigError, match="not the weights of this network.*fc6.weight"):
+        load_initial_weights(wider, src)
+    for k, v in wider.state_dict().items():  # nothing was copied
+        np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(ConfigError, match="another preprocessing"):
+        run(tmp_path / "pix", tiny_config(init_from=src, input_scale="pixel"))
+    with pytest.raises(ConfigError, match="no such file"):
+        run(tmp_path / "gone", tiny_config(init_from=str(tmp_path / "nope.npz")))

@@ -92,7 +92,7 @@ INPUT_SCALES = ("unit", "pixel")
 
 # Recipe keys added after checkpoints were first written, with the value an older
 # checkpoint (which lacks them) was trained with: resuming it keeps its recipe.
-LEGACY_DEFAULTS = {"input_scale": "unit", "init_std": None, "conv1_init_std": None}
+LEGACY_DEFAULTS = {"input_scale": "unit", "init_std": None, "conv1_init_std": None, "init_from": None}
 
 # Options that only change how a run is watched, not what it computes: they may
 # differ between a run and its resumption.
@@ -131,6 +131,12 @@ class TrainConfig:
         conv1's weights from ``N(0, conv1_init_std^2)`` whatever ``init_std`` says;
         None: as the other layers.  Default 1e-3: with He's 0.12 the filters stay
         buried in their initial noise (``docs/training.md``, "Layer 1 that learns").
+    init_from : str or None
+        Start from the weights in this file instead of a random draw: a native
+        ``.npz`` of the same architecture and classes, or a training checkpoint
+        (``last.npz``, its float32 parameters only).  The optimizer, schedule and
+        data order start afresh (a warm restart); the file's SHA-256 is recorded in
+        ``metrics.jsonl`` and in every snapshot's ``training`` metadata.
     input_size : int
         Side of the network input (224 for both networks here).
     seed : int
@@ -163,6 +169,7 @@ class TrainConfig:
     input_scale: str = "unit"
     init_std: float | None = None
     conv1_init_std: float | None = 1e-3
+    init_from: str | None = None
     input_size: int = 224
     seed: int = 0
     keep_epochs: tuple = (1, 2, 5, 10, 20)
@@ -190,6 +197,8 @@ class TrainConfig:
             (self.init_std is None or self.init_std > 0, "init_std must be positive (or None: He)"),
             (self.conv1_init_std is None or self.conv1_init_std > 0,
              "conv1_init_std must be positive (or None: as the other layers)"),
+            (self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+             "init_from must be a file path (or None)"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be >= 1"),
             (self.snapshot_dtype in ("float16", "float32"), "snapshot_dtype must be float16 or float32"),
             (all(e >= 0 for e in self.keep_epochs), "keep_epochs must be >= 0"),
@@ -318,6 +327,61 @@ def initialize(model, config: TrainConfig) -> None:
             std = config.conv1_init_std if config.conv1_init_std is not None else std
         if std is not None:
             w[...] = rng.standard_normal(w.shape).astype(w.dtype) * w.dtype.type(std)
+
+
+def load_initial_weights(model, path: str | os.PathLike, preprocess: dict | None = None) -> str:
+    """Copy the parameters in ``path`` into ``model``; return the file's SHA-256.
+
+    ``path`` is a native weights ``.npz`` (as ``zfnet.weights.save`` writes, e.g. a
+    run's ``final.npz``) or a training checkpoint (``last.npz``).  Every parameter
+    of ``model`` must be present with its shape (same architecture, ``fc_width``
+    and number of classes); a native file must also record the preprocessing
+    ``preprocess`` (mean, std, scale, channel order) the new run trains with, or
+    the start would be on inputs of another scale.  Raises ``ConfigError`` or
+    ``WeightsError`` naming the file and the mismatch.
+    """
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"init_from {path}: no such file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    try:
+        state = load_checkpoint(path)["params"]
+        theirs = None
+    except WeightsError:  # not a checkpoint: a native weights file (read as arrays, never unpickled)
+        from .weights import read_npz
+
+        state, theirs = read_npz(path)
+        theirs = theirs or {}
+    if theirs is not None and preprocess is not None:
+        keys = ("mean", "std", "scale", "channel_order")
+        diff = {k: (theirs.get(k), preprocess.get(k)) for k in keys
+                if not _same_number_list(theirs.get(k), preprocess.get(k))}
+        if diff:
+            raise ConfigError(f"init_from {path}: its weights expect another preprocessing "
+                              f"(key: (file, this run)): {diff}; set --input-scale to match")
+    ours = model.state_dict()
+    missing = sorted(set(ours) - set(state))
+    wrong = {k: (tuple(state[k].shape), tuple(v.shape)) for k, v in ours.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)}
+    if missing or wrong:
+        raise ConfigError(f"init_from {path}: not the weights of this network "
+                          f"(missing: {missing[:5]}, shape (file, network): {dict(list(wrong.items())[:5])}); "
+                          f"check --arch, --fc-width and the number of classes")
+    model.load_state_dict({k: np.asarray(state[k], np.float32) for k in ours}, source=str(path))
+    return digest.hexdigest()
+
+
+def _same_number_list(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_number_list(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+    return a == b
 
 
 def preprocess_for(config: TrainConfig) -> dict:
@@ -534,6 +598,7 @@ class Trainer:
         size = int(train.images.shape[1])
         initialize(self.model, config)
         self.preprocess = preprocess_for(config)
+        self.init_sha256 = None  # set by fit() from config.init_from on a fresh run, or by restore()
         self.model.config.update(self.preprocess)
         if self.names:
             self.model.config["class_names"] = list(self.names)
@@ -574,6 +639,7 @@ class Trainer:
             "config": self.config.to_dict(), "model_config": self.model.config,
             "epoch": st.epoch, "step": st.step, "step_in_epoch": st.step_in_epoch, "elapsed": st.elapsed,
             "n_train": self.n_train, "history": st.history, "running": st.running,
+            "init_sha256": self.init_sha256,
             "rng": {"order": self.order_rng.bit_generator.state, "augment": self.aug_rng.bit_generator.state,
                     "dropout": {d.name: d.rng.bit_generator.state for d in self._dropouts()}},
         }
@@ -605,6 +671,7 @@ class Trainer:
         self.aug_rng.bit_generator.state = meta["rng"]["augment"]
         for d in self._dropouts():
             d.rng.bit_generator.state = meta["rng"]["dropout"][d.name]
+        self.init_sha256 = meta.get("init_sha256")
         self.state = _State(epoch=meta["epoch"], step=meta["step"], step_in_epoch=meta["step_in_epoch"],
                             elapsed=meta["elapsed"], perm=ck["perm"], history=list(meta.get("history", [])),
                             running=dict(meta.get("running") or {}))
@@ -634,6 +701,8 @@ class Trainer:
 
         self.model.config["training"] = {"recipe": self.config.to_dict(), "epoch": self.state.epoch,
                                          "step": self.state.step, **(extra or {})}
+        if self.init_sha256 is not None:
+            self.model.config["training"]["init_sha256"] = self.init_sha256
         path = self.out_dir / name
         save(self.model, path, dtype=self.config.snapshot_dtype)
         return path
@@ -695,8 +764,12 @@ class Trainer:
                 print(f"no checkpoint at {self.checkpoint_path}: starting a new run")
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
+            if cfg.init_from is not None:
+                self.init_sha256 = load_initial_weights(self.model, cfg.init_from, self.preprocess)
+                print(f"started from the weights in {cfg.init_from} (sha256 {self.init_sha256[:12]}...)")
             self._log({"event": "start", "step": 0, "config": self.config.to_dict(), "n_train": self.n_train,
-                       "device": self.device, "time": time.time()})
+                       "device": self.device, "time": time.time(),
+                       **({"init_sha256": self.init_sha256} if self.init_sha256 else {})})
             if 0 in cfg.keep_epochs:
                 self._snapshot("epoch-000.npz")
         self.model.train()

@@ -24,7 +24,7 @@ _CONFIG_FLAGS = {
     "weight_decay": float, "schedule": str, "warmup_epochs": float, "gamma": float, "min_scale": float,
     "renorm_radius": float, "input_size": int, "seed": int, "eval_every": int, "val_limit": int,
     "train_limit": int, "log_every": int, "snapshot_dtype": str, "input_scale": str, "init_std": float,
-    "conv1_init_std": float,
+    "conv1_init_std": float, "init_from": str,
 }
 
 
@@ -89,6 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="conv1's weights from N(0, STD^2) whatever --init-std says; 'he' = as the other layers "
                         "(default 1e-3: a small layer 1 learns smooth filters instead of keeping its "
                         "initial noise; docs/training.md)")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from these weights instead of a random draw: a native .npz of the same network "
+                        "(e.g. a run's final.npz) or a run's last.npz; optimizer, schedule and data order start "
+                        "afresh (a warm restart, docs/training.md)")
     p.add_argument("--seed", type=nonnegative_int, default=None,
                    help="seed of initialisation and data order (default 0)")
     p.add_argument("--keep-epochs", type=nonnegative_int, nargs="*", default=None,
@@ -214,8 +218,12 @@ def _check_json(args: argparse.Namespace) -> None:
 def check_train(args: argparse.Namespace) -> None:
     """Parse-time checks of ``zfnet train`` (see :mod:`zfnet.cli._args`)."""
     _check_data("--data", args.data, ["train"])
-    _args.output_folder("--out", args.out or os.path.join("runs", args.arch or "zfnet"))
+    out = args.out or os.path.join("runs", args.arch or "zfnet")
+    _args.output_folder("--out", out)
     _args.check_device("--device", args.device)
+    resuming = args.resume and (Path(out) / "last.npz").is_file()
+    if args.init_from is not None and not resuming:  # a resumed run has its start in last.npz
+        _args.existing_file("--init-from", args.init_from)
 
 
 def check_pack(args: argparse.Namespace) -> None:
