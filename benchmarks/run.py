@@ -59,7 +59,7 @@ from zfnet.models import build  # noqa: E402
 from zfnet.ops import pool as pool_mod  # noqa: E402
 
 from . import harness  # noqa: E402
-from .torch_twin import twin  # noqa: E402
+from .torch_twin import trainable, twin  # noqa: E402
 
 torch.set_num_threads(THREADS)
 try:
@@ -80,6 +80,7 @@ class Case:
     check: Callable[[], str]  # raises on mismatch; returns what was checked
     target: float | None = None  # ratio to meet (ours / torch), if the issue sets one
     note: str = ""
+    gflop: float | None = None  # GEMM work per call, for the roofline fraction
 
 
 def _close(a, b, rel=1e-4, what=""):
@@ -227,6 +228,104 @@ def network_cases(batches, quick: bool) -> list[Case]:
     return cases
 
 
+# -- training steps ---------------------------------------------------------------------
+
+
+def step_gflop(model, batch: int) -> float:
+    """GEMM work of one SGD step, GFLOP: per conv/fc layer ``2 * MACs`` for the forward,
+    the same for the weight gradient and, except for the first layer (no input
+    gradient is needed), for the input gradient.  Pooling, LRN, ReLU, the loss and the
+    update are left out: this is the work a GEMM roofline counts."""
+    size = tuple(model.input_size)
+    trace = model.forward(np.zeros((1, 3) + size, np.float32))
+    total, first = 0.0, True
+    for layer in model.layers:
+        out = trace.activations.get(layer.name)
+        if out is None or not hasattr(layer, "weight"):
+            continue
+        w = layer.weight
+        macs = float(np.prod(out.shape[1:])) * float(np.prod(w.shape[1:]))  # per image
+        total += 2 * macs * (2 if first else 3)
+        first = False
+    return total * batch / 1e9
+
+
+def train_step_cases(batch: int, archs=("zfnet", "alexnet")) -> list[Case]:
+    """One SGD step (forward, softmax cross-entropy, backward, momentum + weight-decay
+    update) of ``zfnet()`` and ``alexnet(variant="caffe")`` at 224, 10 classes (fc
+    width 1024), on the same normalised batch.  Ours: the trainer's ``train_step``;
+    PyTorch: the same network as ``torch.nn`` modules with ``torch.optim.SGD``.  No
+    augmentation and no filter renormalisation on either side.  Checked first: with
+    dropout off, one step from the same weights gives the same loss and gradients."""
+    from zfnet.train import TrainConfig, Trainer
+
+    class _Split:
+        def __init__(self, n):
+            r = _rng(6)
+            self.images = r.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
+            self.labels = np.arange(n) % 10
+            self.names = [f"class {i}" for i in range(10)]
+
+    cases = []
+    for arch in archs:
+        cfg = TrainConfig(arch=arch, batch_size=batch, epochs=1, lr=0.01, warmup_epochs=0, keep_epochs=())
+        tr = Trainer(cfg, _Split(batch), None, "/tmp/zfnet-bench-train-step", progress=False)
+        tr.state.perm = np.arange(tr.n_train)
+        tr.model.train()
+        x, y = tr._batch(0)
+        mod = trainable(tr.model)
+        mod.train()
+        opt = torch.optim.SGD(mod.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, np.int64))
+
+        def ours(tr=tr, x=x, y=y):
+            return tr.train_step(x, y, 1e-4)
+
+        def theirs(mod=mod, opt=opt, xt=xt, yt=yt):
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(mod(xt), yt)
+            loss.backward()
+            opt.step()
+            return loss
+
+        def check(tr=tr, x=x, y=y, xt=xt, yt=yt):
+            from zfnet.nn import Dropout
+            from zfnet.ops import softmax_cross_entropy
+
+            drops = [layer for layer in tr.model.layers if isinstance(layer, Dropout)]
+            saved = [d.p for d in drops]
+            try:
+                for d in drops:
+                    d.p = 0.0
+                ref = trainable(tr.model, dropout=False)
+                trace = tr.model.forward(x)
+                loss, dlogits = softmax_cross_entropy(trace.output, y)
+                tr.model.backward(dlogits, trace, input_grad=False)
+                grads = tr.model.gradients()
+            finally:
+                for d, p in zip(drops, saved):
+                    d.p = p
+            lt = F.cross_entropy(ref(xt), yt)
+            lt.backward()
+            first, last = ref[0], [m for m in ref if isinstance(m, torch.nn.Linear)][-1]
+            # The top layers' gradients agree to float32 rounding.  Lower down, a ReLU whose
+            # input lies within rounding of 0 can be on in one library and off in the other
+            # (found: 1 of 130,000 conv3 units); that unit's share then differs in every
+            # gradient below it, a few percent of the largest entry: hence 5e-2 for conv1.
+            return "; ".join([
+                _close(float(loss), float(lt.detach()), 1e-5, "loss"),
+                _close(grads["fc8.weight"], last.weight.grad.numpy(), 1e-4, "fc8 weight grad"),
+                _close(grads["conv1.weight"], first.weight.grad.numpy(), 5e-2, "conv1 weight grad"),
+            ])
+
+        gf = step_gflop(tr.model, batch)
+        cases.append(Case("train step", f"{arch} SGD step at 224 ({gf:.0f} GFLOP of GEMM work)", batch, ours,
+                          theirs, check, 1.0,
+                          note="ours: Trainer.train_step; torch: nn.Sequential + optim.SGD, same weights and batch",
+                          gflop=gf))
+    return cases
+
+
 # -- projections ------------------------------------------------------------------------
 
 
@@ -332,6 +431,14 @@ def write_results(path: Path, env: dict, quiet: dict, rows: list[dict], args, mi
         tgt = "" if c.target is None else f"<= {c.target:g}"
         lines.append(f"| {c.group} | {c.name} | {c.batch} | {r['t']['zfnet'].ms()} | {r['t']['torch'].ms()} | "
                      f"{r['ratio']:.2f} | {tgt} | {r['met']} |")
+    roof = [r for r in rows if r["case"].gflop and "t" in r and quiet.get("rate")]
+    if roof:
+        lines += ["", f"GEMM roofline: each step's GEMM work at the {quiet['rate']:.0f} GFLOP/s the 1024^3 GEMM check "
+                      "reached before the run (the fraction reached = roofline time / step time):", ""]
+        for r in roof:
+            t_roof = r["case"].gflop / quiet["rate"]
+            lines.append(f"- {r['case'].name}: roofline {t_roof * 1e3:.0f} ms; zfnet reaches "
+                         f"{t_roof / r['t']['zfnet'].median:.0%}, torch {t_roof / r['t']['torch'].median:.0%}")
     notes = [f"- {r['case'].name}: {r['case'].note}" for r in rows if r["case"].note]
     if notes:
         lines += ["", "Notes:", ""] + sorted(set(notes))
@@ -363,10 +470,11 @@ def main(argv=None) -> int:
     for k, v in env.items():
         print(f"{k}: {v}")
     quiet = {"load_before": harness.loadavg()}
-    quiet["before"] = harness.gflops(harness.gemm_check())
+    gemm = harness.gemm_check()
+    quiet["before"], quiet["rate"] = harness.gflops(gemm), 2.0 * 1024**3 / 1e9 / gemm.median
     print(f"GEMM check before: {quiet['before']} GFLOP/s, load {quiet['load_before']}", flush=True)
 
-    cases = op_cases(big) + network_cases((1, big), args.quick) + projection_cases()
+    cases = op_cases(big) + network_cases((1, big), args.quick) + projection_cases() + train_step_cases(big)
     if args.only:
         cases = [c for c in cases if args.only in c.group or args.only in c.name]
     rows = run_cases(cases, args.reps)

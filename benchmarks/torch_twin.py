@@ -146,3 +146,39 @@ def _convs(layer) -> list:
         return [layer]
     branches = [getattr(layer, b, None) for b in ("squeeze", "expand1x1", "expand3x3")]
     return branches if all(isinstance(b, znn.Conv2d) for b in branches) else []
+
+
+def trainable(model, dropout: bool = True) -> "torch.nn.Sequential":
+    """A plain ``torch.nn.Sequential`` with ``model``'s layers and a copy of its weights.
+
+    What a PyTorch user trains: ``nn.Conv2d`` + ``nn.ReLU``, ``nn.LocalResponseNorm``,
+    ``nn.MaxPool2d`` (no indices: training does not need them), ``nn.Linear``,
+    ``nn.Dropout`` (``p=0`` with ``dropout=False``, for a deterministic check).  Used
+    by the training-step benchmark; chains of conv/pool/LRN/fc layers only.
+    """
+    mods = []
+    for layer in model.layers:
+        if isinstance(layer, znn.Conv2d):
+            o, i, kh, kw = layer.weight.shape
+            m = torch.nn.Conv2d(i * layer.groups, o, (kh, kw), layer.stride, layer.padding, groups=layer.groups)
+            with torch.no_grad():
+                m.weight.copy_(_t(layer.weight, "cpu"))
+                m.bias.copy_(_t(layer.bias, "cpu"))
+            mods += [m] + ([torch.nn.ReLU()] if layer.relu else [])
+        elif isinstance(layer, znn.MaxPool2d):
+            mods.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode))
+        elif isinstance(layer, znn.LRN):
+            mods.append(torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k))
+        elif isinstance(layer, znn.Flatten):
+            mods.append(torch.nn.Flatten())
+        elif isinstance(layer, znn.Linear):
+            m = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+            with torch.no_grad():
+                m.weight.copy_(_t(layer.weight, "cpu"))
+                m.bias.copy_(_t(layer.bias, "cpu"))
+            mods += [m] + ([torch.nn.ReLU()] if layer.relu else [])
+        elif isinstance(layer, znn.Dropout):
+            mods.append(torch.nn.Dropout(layer.p if dropout else 0.0))
+        else:
+            raise TypeError(f"no trainable PyTorch twin for {layer!r}")
+    return torch.nn.Sequential(*mods)
