@@ -239,7 +239,10 @@ def _conv_transpose2d_phases(y, w, b, stride, padding, groups, out_size):
 
     The signal is laid out with rows of ``Wq`` values whose wrap-around columns are
     zero, multiplied by the transposed filters, and its columns added back phase by
-    phase: the exact adjoint of :func:`_conv2d_phases`.
+    phase: the exact adjoint of :func:`_conv2d_phases`.  Like the forward, it runs on
+    chunks of images whose columns take about ``_COLS_CHUNK_BYTES``, so that the GEMM
+    writes columns that col2im reads back while they are still in cache (ZFNet's conv2
+    input gradient at batch 32 would otherwise build 220 MB of columns at once).
     """
     n, o, hi, wi = y.shape
     _, cg, kh, kw = w.shape
@@ -247,15 +250,19 @@ def _conv_transpose2d_phases(y, w, b, stride, padding, groups, out_size):
     _, wq = phase_geometry((hi, wi), (kh, kw), stride)
     if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
         wq = wi
-    if wq > wi:
-        ypad = np.zeros((n, o, hi, wq), dtype=y.dtype)  # (N, C_out, H_in, Wq): wrap-around columns zero
-        ypad[..., :wi] = y
-        y = ypad
-    ymat = y.reshape(n, groups, o // groups, hi * wq)  # (N, G, O_g, H_in*Wq)
-    wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
-    cols = np.matmul(wmat.transpose(0, 2, 1), ymat)  # (N, G, C_g*kH*kW, H_in*Wq)
-    cols = cols.reshape(n, c, kh, kw, hi * wq)  # (N, C_in, kH, kW, H_in*Wq)
-    x = col2im_phases(cols, out_size, (kh, kw), stride, padding, wq)  # (N, C_in, H, W)
+    wt = np.ascontiguousarray(w.reshape(groups, o // groups, k).transpose(0, 2, 1))  # (G, C_g*kH*kW, O_g)
+    x = np.empty((n, c) + tuple(out_size), dtype=np.result_type(y, w))  # (N, C_in, H, W)
+    step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * hi * wq * y.itemsize))
+    for n0 in range(0, n, step):
+        yc = y[n0 : n0 + step]
+        m = len(yc)
+        if wq > wi:
+            ypad = np.zeros((m, o, hi, wq), dtype=y.dtype)  # (m, C_out, H_in, Wq): wrap-around columns zero
+            ypad[..., :wi] = yc
+            yc = ypad
+        cols = np.matmul(wt, yc.reshape(m, groups, o // groups, hi * wq))  # (m, G, C_g*kH*kW, H_in*Wq)
+        cols = cols.reshape(m, c, kh, kw, hi * wq)  # (m, C_in, kH, kW, H_in*Wq)
+        x[n0 : n0 + m] = col2im_phases(cols, out_size, (kh, kw), stride, padding, wq)
     if b is not None:
         x = x + b.reshape(1, c, 1, 1)
     return x
