@@ -250,7 +250,7 @@ def _conv_transpose2d_phases(y, w, b, stride, padding, groups, out_size):
     _, wq = phase_geometry((hi, wi), (kh, kw), stride)
     if (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0):
         wq = wi
-    wt = np.ascontiguousarray(w.reshape(groups, o // groups, k).transpose(0, 2, 1))  # (G, C_g*kH*kW, O_g)
+    wt = w.reshape(groups, o // groups, k).transpose(0, 2, 1)  # (G, C_g*kH*kW, O_g): a view, BLAS transposes
     x = np.empty((n, c) + tuple(out_size), dtype=np.result_type(y, w))  # (N, C_in, H, W)
     step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * hi * wq * y.itemsize))
     for n0 in range(0, n, step):
