@@ -38,6 +38,8 @@ __all__ = [
     "max_unpool2d",
     "relu",
     "lrn",
+    "lrn_within_channel",
+    "avg_pool2d",
     "linear",
     "softmax",
     "conv_out_size",
@@ -446,6 +448,91 @@ def lrn(x, size, alpha=1e-4, beta=0.75, k=1.0):
             acc += x64[:, c2] ** 2
         out[:, c] = x64[:, c] / (k + alpha / size * acc) ** beta
     return out.astype(_out_dtype(x))
+
+
+def lrn_within_channel(x, size, alpha=1.0, beta=0.75, k=1.0):
+    r"""Local response normalisation within each channel (Caffe's ``WITHIN_CHANNEL``).
+
+    .. math::
+
+        b[n, c, h, w] = a[n, c, h, w] \Big/ \Big(k + \frac{\alpha}{\text{size}^2}
+            \sum_{h' = h - r}^{h + r} \sum_{w' = w - r}^{w + r} a[n, c, h', w']^2\Big)^{\beta},
+        \qquad r = (\text{size} - 1) / 2
+
+    Positions outside the map count as zero, and the divisor is always
+    ``size^2`` (Caffe averages ``a^2`` with an AVE pooling whose divisor counts the
+    padding).  ``size`` is odd.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+
+    Returns
+    -------
+    ndarray, same shape as ``x``
+    """
+    x = np.asarray(x)
+    _check_ndim(x, 4, "lrn_within_channel input", "(N, C, H, W)")
+    if size % 2 == 0:
+        raise ShapeError(f"lrn_within_channel: size must be odd, got {size}")
+    x64 = x.astype(np.float64)
+    N, C, H, W = x.shape
+    r = (size - 1) // 2
+    out = np.empty_like(x64)
+    for n in range(N):
+        for c in range(C):
+            for h in range(H):
+                for w in range(W):
+                    acc = 0.0
+                    for h2 in range(max(h - r, 0), min(h + r, H - 1) + 1):
+                        for w2 in range(max(w - r, 0), min(w + r, W - 1) + 1):
+                            acc += x64[n, c, h2, w2] ** 2
+                    out[n, c, h, w] = x64[n, c, h, w] / (k + alpha / (size * size) * acc) ** beta
+    return out.astype(_out_dtype(x))
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    r"""Naive average pooling with Caffe's divisor (``AVE``).
+
+    .. math::
+
+        y[n, c, i, j] = \frac{1}{d_{ij}} \sum_{h = \max(a, 0)}^{\min(a + k_H, H) - 1}
+            \sum_{w = \max(b, 0)}^{\min(b + k_W, W) - 1} x[n, c, h, w],
+        \qquad a = i s_H - p_H,\ b = j s_W - p_W
+
+    with ``d_ij = (min(a + kH, H + pH) - a) * (min(b + kW, W + pW) - b)``: the window
+    clipped to the *padded* map, so padding counts and a ceil-mode overhang past it
+    does not (Caffe's ``pooling_layer.cpp``).  Output size: :func:`pool_out_size`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, H_out, W_out)
+    """
+    x = np.asarray(x)
+    _check_ndim(x, 4, "avg_pool2d input", "(N, C, H, W)")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    N, C, H, W = x.shape
+    Ho, Wo = pool_out_size(H, kh, sh, ph, ceil_mode), pool_out_size(W, kw, sw, pw, ceil_mode)
+    x64 = x.astype(np.float64)
+    y = np.zeros((N, C, Ho, Wo), np.float64)
+    for i in range(Ho):
+        for j in range(Wo):
+            a, b = i * sh - ph, j * sw - pw
+            d = (min(a + kh, H + ph) - a) * (min(b + kw, W + pw) - b)
+            for n in range(N):
+                for c in range(C):
+                    acc = 0.0
+                    for h in range(max(a, 0), min(a + kh, H)):
+                        for w in range(max(b, 0), min(b + kw, W)):
+                            acc += x64[n, c, h, w]
+                    y[n, c, i, j] = acc / d
+    return y.astype(_out_dtype(x))
 
 
 def linear(x, w, b=None):

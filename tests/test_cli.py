@@ -45,7 +45,7 @@ def no_work(monkeypatch):
 @pytest.fixture
 def tiny(monkeypatch):
     """The visualisation commands get the tiny network whatever the weights."""
-    monkeypatch.setattr(visualize, "load_model", lambda w, a=None: (tiny_net(), "tiny weights", "tiny"))
+    monkeypatch.setattr(visualize, "load_model", lambda w, a=None, *caffe: (tiny_net(), "tiny weights", "tiny"))
 
 
 @pytest.fixture

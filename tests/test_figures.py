@@ -264,7 +264,7 @@ def test_cli_top9_filters_featuremaps_demo(tiny_images: Path, tmp_path: Path, mo
     from zfnet.cli import main
     from zfnet.cli import visualize
 
-    monkeypatch.setattr(visualize, "load_model", lambda w, a=None: (tiny_net(), "tiny weights", "tiny"))
+    monkeypatch.setattr(visualize, "load_model", lambda w, a=None, *caffe: (tiny_net(), "tiny weights", "tiny"))
     assert main(["top9", "--weights", "w.npz", "--images", str(tiny_images), "--out", str(tmp_path / "t9"),
                  "--layers", "c1", "c2", "--k", "3", "--units", "2", "--batch-size", "5"]) == 0
     text = capsys.readouterr().out

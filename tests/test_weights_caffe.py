@@ -409,3 +409,39 @@ def test_fuzz_prototxt(text):
         parse_prototxt(text)
     except WeightsError:
         pass
+
+
+# ------------------------------------------------------------------ definitions
+
+
+def test_read_caffe_net_decodes_the_definition(tmp_path):
+    """Bottoms, tops, include rules and *_param messages, packed or not, as prototxt-style dicts."""
+    from zfnet.weights import read_caffe_net
+
+    conv = (pb.field_varint(1, 96) + pb.field_packed_varints(4, [7]) + pb.field_varint(6, 2)
+            + pb.field_varint(3, 3) + pb.field_varint(2, 0))  # num_output, kernel (packed), stride, pad, bias_term
+    lrn = pb.field_varint(1, 3) + pb.encode_tag(2, pb.I32) + np.float32(5e-5).tobytes() + pb.field_varint(4, 1)
+    v2 = [pb.field_string(1, "conv1") + pb.field_string(2, "Convolution") + pb.field_string(3, "data")
+          + pb.field_string(4, "conv1") + pb.field_len(106, conv) + pb.field_len(8, pb.field_varint(1, 1)),
+          pb.field_string(1, "norm1") + pb.field_string(2, "LRN") + pb.field_string(3, "conv1")
+          + pb.field_string(4, "norm1") + pb.field_len(118, lrn) + pb.field_len(999, b"\x08\x01")]
+    shape = pb.field_len(8, pb.field_packed_varints(1, [1, 3, 224, 224]))
+    path = tmp_path / "def.caffemodel"
+    path.write_bytes(pb.field_string(1, "ZF") + pb.field_string(3, "data") + shape
+                     + b"".join(pb.field_len(100, body) for body in v2))
+    net, layers = read_caffe_net(path)
+    assert net == {"name": "ZF", "input": ["data"], "input_shape": [{"dim": [1, 3, 224, 224]}]}
+    conv1, norm1 = layers
+    assert (conv1.bottom, conv1.top, conv1.version) == (["data"], ["conv1"], 2)
+    assert conv1.params == {"convolution_param": {"num_output": 96, "kernel_size": [7], "stride": [2], "pad": [3],
+                                                  "bias_term": False},
+                            "include": [{"phase": "TEST"}]}
+    assert norm1.params["lrn_param"] == {"local_size": 3, "alpha": float(np.float32(5e-5)),
+                                         "norm_region": "WITHIN_CHANNEL"}
+    v1 = (pb.field_string(4, "relu1") + pb.field_varint(5, 18) + pb.field_string(2, "conv1")
+          + pb.field_string(3, "conv1"))
+    path.write_bytes(pb.field_len(2, v1))
+    assert [(l.name, l.type, l.bottom, l.version) for l in read_caffe_net(path)[1]] == [("relu1", "ReLU", ["conv1"], 1)]
+    path.write_bytes(pb.field_len(2, v1) + pb.field_len(100, v2[0]))
+    with pytest.raises(WeightsError, match="both V2 'layer' and V1 'layers'"):
+        read_caffe_net(path)

@@ -29,8 +29,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_model(weights: str | os.PathLike | None, arch: str | None = None):
+def load_model(weights: str | os.PathLike | None, arch: str | None = None, prototxt: str | None = None,
+               mean: str | None = None):
     """Build ``arch`` and load ``weights`` into it; returns ``(model, label, digest)``.
+
+    ``prototxt`` / ``mean`` (Caffe only): the network definition to build instead of
+    the one inside the ``.caffemodel``, and a ``.binaryproto`` mean image.
 
     With ``weights=None`` the model keeps its random initialisation (the label
     says so).  Loading goes through ``zfnet.weights.load`` when that exists (it
@@ -52,7 +56,8 @@ def load_model(weights: str | os.PathLike | None, arch: str | None = None):
     except ImportError:
         _load = None
     if _load is not None:
-        model = _load(path, arch=arch) if arch else _load(path)
+        extra = {k: v for k, v in (("arch", arch), ("prototxt", prototxt), ("mean", mean)) if v}
+        model = _load(path, **extra)
     else:
         model = build(arch or "zfnet")
         if path.suffix != ".npz":
@@ -198,6 +203,12 @@ def _add_model_args(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--arch", default=None, choices=ARCHITECTURES, metavar="ARCH",
                    help=f"architecture ({', '.join(ARCHITECTURES)}); default: read from the weights file; with "
                         "--random-weights, the network to build (default zfnet)")
+    p.add_argument("--prototxt", default=None, metavar="FILE",
+                   help="Caffe only: build the network from this .prototxt instead of the definition inside the "
+                        ".caffemodel (docs/weights.md)")
+    p.add_argument("--mean", default=None, metavar="FILE",
+                   help="Caffe only: a .binaryproto mean image to subtract (default: the definition's or "
+                        "ImageNet's mean pixel)")
     if device:
         p.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                        help="where to compute: cpu, or gpu (needs CuPy and a CUDA device) (default cpu)")
@@ -207,6 +218,13 @@ def _check_model_args(args: argparse.Namespace) -> None:
     # --weights is checked by load_model, the first step of every command (before any other work)
     if getattr(args, "device", None):
         _args.check_device("--device", args.device)
+    for flag in ("prototxt", "mean"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            _args.existing_file(f"--{flag}", value)
+            if not args.weights:
+                raise argparse.ArgumentTypeError(f"argument --{flag}: applies to a Caffe --weights file; "
+                                                 "give --weights FILE.caffemodel")
 
 
 def _filters_paths(out: str, scaling: str) -> list[Path] | None:
@@ -361,7 +379,7 @@ def run_top9_cmd(args: argparse.Namespace) -> int:
     from ..figures.top9 import run_top9
 
     weights, arch, _ = resolve_weights(args)
-    model, label, digest = load_model(weights, arch)
+    model, label, digest = load_model(weights, arch, args.prototxt, args.mean)
     _check_layers(model, args.layers, "--layers")
     _prepare(model, args.device)
     result = run_top9(model, args.images, args.out, layers=args.layers, k=args.k, units=args.units,
@@ -381,7 +399,7 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     weights, arch, _ = resolve_weights(args)
-    model, label, _ = load_model(weights, arch)
+    model, label, _ = load_model(weights, arch, args.prototxt, args.mean)
     order = transform_for(model).config.channel_order
     scalings = ("per-filter", "shared") if args.scaling == "both" else (args.scaling,)
     named = _filters_paths(args.out, args.scaling)  # None: --out is a folder
@@ -427,7 +445,7 @@ def run_featuremaps_cmd(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     weights, arch, _ = resolve_weights(args)
-    model, label, _ = load_model(weights, arch)
+    model, label, _ = load_model(weights, arch, args.prototxt, args.mean)
     _check_layers(model, [args.layer], "--layer")
     _prepare(model, args.device)
     t = transform_for(model)
@@ -452,7 +470,7 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     out = Path(args.out)
     weights, arch, why = resolve_weights(args)  # stops here, before any work, without trained weights
     print(f"zfnet demo: weights: {why}; output folder {out.resolve()}", flush=True)
-    model, label, digest = load_model(weights, arch)
+    model, label, digest = load_model(weights, arch, args.prototxt, args.mean)
     _check_layers(model, args.layers, "--layers")
     _prepare(model, args.device)
     folder, photos = make_demo_views(out / "images", args.views)

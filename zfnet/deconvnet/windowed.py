@@ -42,8 +42,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..errors import ConfigError, ShapeError
-from ..nn import LRN, Conv2d, Dropout, MaxPool2d, Trace, check_rule, relu_rule
+from ..nn import LRN, AvgPool2d, Concat, Conv2d, Dropout, MaxPool2d, ReLU, Softmax, Trace, check_rule, relu_rule
 from ..ops import conv_transpose2d, max_unpool2d
+from ..ops.avg_pool import avg_pool_divisor
 
 __all__ = ["project_units_windowed", "window_sizes", "WindowUnsupported"]
 
@@ -96,7 +97,7 @@ def _conv_step(conv: Conv2d, win: _Window, trace: Trace, images, rule: str) -> _
             positive = _crop(trace.activations[conv.name], images, win.oy, win.ox, h, w) > 0
         sig = relu_rule(sig, positive, rule)
     (sh, sw), (ph, pw) = conv.stride, conv.padding
-    weight = conv.weight
+    weight = conv.filters()  # the weight, or with dilation the filter with zeros between taps
     if conv.groups == 1:
         # Channels that are zero in every window add nothing: leave them out of the GEMM.
         # (Near the top most are: a conv5 unit's signal is one channel.)
@@ -135,6 +136,53 @@ def _unpool_step(pool: MaxPool2d, win: _Window, trace: Trace, images) -> _Window
     return _Window(max_unpool2d(win.sig, local, (hi, wi)), oy, ox, size)
 
 
+def _relu_step(layer: ReLU, win: _Window, trace: Trace, images, rule: str) -> _Window:
+    """A rectifier on its own: the rule on the window, with the forward mask cropped to it."""
+    positive = None
+    if rule != "deconvnet":
+        positive = _crop(trace.activations[layer.name], images, win.oy, win.ox, *win.sig.shape[2:]) > 0
+    return _Window(relu_rule(win.sig, positive, rule), win.oy, win.ox, win.size)
+
+
+def _avg_step(pool: AvgPool2d, win: _Window, trace: Trace, images) -> _Window:
+    """Average unpooling on the window: divide by each position's divisor, spread with a box filter."""
+    xp = get_array_module(win.sig)
+    u, c, h, w = win.sig.shape
+    (kh, kw), (sh, sw), (ph, pw) = pool.kernel_size, pool.stride, pool.padding
+    size = tuple(trace.caches[pool.name]["in_hw"])
+    div = avg_pool_divisor(xp, size, (kh, kw), (sh, sw), (ph, pw), win.size)  # (H_out, W_out)
+    # the divisors under each window; positions past the map hold no signal, so 1 will do there
+    local = _crop(xp.broadcast_to(div, (1, 1) + div.shape), np.zeros(u, np.int64), win.oy, win.ox, h, w)
+    local = xp.where(local > 0, local, 1).astype(win.sig.dtype)  # (U, 1, h, w)
+    box = xp.ones((c, 1, kh, kw), dtype=win.sig.dtype)  # one box filter per channel (groups = C)
+    sig = conv_transpose2d(win.sig / local, box, None, (sh, sw), 0, c)  # (U, C, (h-1)sH+kH, (w-1)sW+kW)
+    oy, ox = win.oy * sh - ph, win.ox * sw - pw
+    if _overhangs(oy, ox, sig.shape[2:], size):
+        keep = (_inside(oy, sig.shape[2], size[0], xp)[:, None, :, None]
+                & _inside(ox, sig.shape[3], size[1], xp)[:, None, None, :])  # (U, 1, h', w')
+        sig = sig * keep
+    return _Window(sig, oy, ox, size)
+
+
+def _concat_step(layer: Concat, win: _Window, trace: Trace, images, rule: str, start: str | None) -> _Window:
+    """Split the window's channels by branch, project each down its branch, add the windows."""
+    if start is None or start == layer.name:
+        total, lo = None, 0
+        for branch, width in zip(layer.branches, trace.caches[layer.name]["widths"]):
+            part = _Window(win.sig[:, lo : lo + width], win.oy, win.ox, win.size)
+            lo += width
+            for inner in reversed(branch):
+                part = _step(inner, part, trace, images, rule, None)
+            total = part if total is None else _add_windows(total, part)
+        return total
+    b, i = layer._locate(start)
+    branch = layer.branches[b]
+    for j in range(i, -1, -1):
+        inner_start = start if j == i and start != branch[j].name else None
+        win = _step(branch[j], win, trace, images, rule, inner_start)
+    return win
+
+
 def _add_windows(a: _Window, b: _Window) -> _Window:
     """Sum two windowed signals of one level on the smallest window holding both."""
     xp = get_array_module(a.sig)
@@ -159,8 +207,14 @@ def _step(layer, win: _Window, trace: Trace, images, rule: str, start: str | Non
         return _conv_step(layer, win, trace, images, rule)
     if isinstance(layer, MaxPool2d):
         return _unpool_step(layer, win, trace, images)
-    if isinstance(layer, (LRN, Dropout)):
+    if isinstance(layer, (LRN, Dropout, Softmax)):
         return win  # passed through, as in layer.deconv
+    if isinstance(layer, ReLU):
+        return _relu_step(layer, win, trace, images, rule)
+    if isinstance(layer, AvgPool2d):
+        return _avg_step(layer, win, trace, images)
+    if isinstance(layer, Concat):  # a Caffe graph's branches meeting in a Concat
+        return _concat_step(layer, win, trace, images, rule, start)
     if _is_fire(layer):  # SqueezeNet's fire module: split, project each branch, add, squeeze
         start = layer.name if start is None else start
         if start == layer.name:
@@ -206,7 +260,8 @@ def project_units_windowed(model, x_or_trace, layer: str, units, rule: str = "de
     Parameters
     ----------
     model : Network
-        Built from Conv2d, MaxPool2d, LRN, Dropout and fire modules up to ``layer``.
+        Built from Conv2d, MaxPool2d, AvgPool2d, LRN, ReLU, Dropout, Softmax, fire
+        modules and concatenations up to ``layer``.
     x_or_trace : array (N, 3, H, W) or Trace
         The images, or a trace of them made with ``caches=True`` up to ``layer``.
     layer : str

@@ -2,10 +2,12 @@
 
 from .alexnet import ALEXNET_VARIANTS, alexnet
 from .base import Network
+from .caffe_graph import CAFFE_GRAPH, graph_network, recognise
 from .squeezenet import squeezenet1_0
 from .zfnet import zfnet
 
-__all__ = ["Network", "zfnet", "alexnet", "squeezenet1_0", "ALEXNET_VARIANTS", "build", "ARCHITECTURES"]
+__all__ = ["Network", "zfnet", "alexnet", "squeezenet1_0", "ALEXNET_VARIANTS", "build", "ARCHITECTURES",
+           "CAFFE_GRAPH", "graph_network", "recognise"]
 
 ARCHITECTURES = ("zfnet", "alexnet", "alexnet-torchvision", "squeezenet1_0")
 

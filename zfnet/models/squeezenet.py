@@ -177,6 +177,15 @@ class Fire(Layer):
         s, e1, e3 = (getattr(self, b).weight.shape[0] for b in self.BRANCHES)
         return f"fire: squeeze {self.squeeze.weight.shape[1]}->{s} 1x1, expand {e1} 1x1 + {e3} 3x3, + ReLU"
 
+    def spec(self):
+        """``{"type": "fire", "name", "squeeze", "expand1x1", "expand3x3"}`` (the branches' conv specs).
+
+        A fire module is a squeeze convolution followed by a two-branch concatenation;
+        :func:`zfnet.models.caffe_graph.canonical` rewrites it so, which is how a Caffe
+        SqueezeNet graph is recognised as :func:`squeezenet1_0`.
+        """
+        return {"type": "fire", "name": self.name, **{b: getattr(self, b).spec() for b in self.BRANCHES}}
+
 
 def squeezenet1_0(num_classes: int = 1000, seed: int = 0) -> Network:
     """Build SqueezeNet v1.0 (Caffe release layout) with freshly initialised weights.

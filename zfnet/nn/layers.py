@@ -16,6 +16,11 @@ gradient; only the ReLU rule and LRN differ.
 A layer's ``rf()`` gives ``(kernel, stride, padding)`` along one spatial axis for
 the receptive-field recurrence, ``(1, 1, 0)`` for pointwise layers and ``None`` for
 layers after which space is gone (flatten, fully connected, global pooling).
+
+A layer's ``spec()`` is its structure as a JSON-able dict (type, name and every
+hyperparameter, no weights); :func:`zfnet.nn.layer_from_spec` builds the layer back.
+Networks built from a Caffe file are saved and reloaded through these dicts
+(:mod:`zfnet.models.caffe_graph`).
 """
 
 from __future__ import annotations
@@ -40,8 +45,11 @@ from ..ops import (
     max_unpool2d,
     relu,
     relu_backward,
+    softmax,
 )
 from ..ops._shape import conv_out_size, pair, pool_out_size
+from ..ops.avg_pool import avg_pool2d, avg_unpool2d
+from ..ops.norm import lrn_within_channel, lrn_within_channel_backward
 from .rules import relu_rule
 from .trace import Trace
 
@@ -54,6 +62,10 @@ __all__ = [
     "Dropout",
     "Flatten",
     "AdaptiveAvgPool2d",
+    "ReLU",
+    "AvgPool2d",
+    "Softmax",
+    "LRN_REGIONS",
 ]
 
 
@@ -130,12 +142,27 @@ class Layer:
     def describe(self) -> str:
         return type(self).__name__
 
+    def spec(self) -> dict:
+        """The layer's structure as a JSON-able dict: ``type``, ``name``, hyperparameters.
+
+        No weights.  ``layer_from_spec(layer.spec())`` builds an equal layer (fresh
+        weights of the same shapes).
+        """
+        raise NotImplementedError(f"{self.name}: {type(self).__name__} has no spec()")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}: {self.describe()})"
 
 
 def _he_normal(rng: np.random.Generator, shape: tuple, fan_in: int) -> np.ndarray:
     return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+
+
+def _check_channels(name: str, shape: tuple, expected: int, what: str) -> None:
+    """A ShapeError when an input of ``shape`` does not have ``expected`` channels (features)."""
+    if len(shape) < 2 or shape[1] != expected:
+        raise ShapeError(f"{name}: input of shape {tuple(shape)} has {shape[1] if len(shape) > 1 else '?'} "
+                         f"{what}, the layer expects {expected}")
 
 
 class Conv2d(Layer):
@@ -145,13 +172,23 @@ class Conv2d(Layer):
 
     Going down (paper section 2.1): rectify the signal by ``rule``, then filter it
     with the transposed filters, ``conv_transpose2d(r, w)``; no bias.
+
+    ``dilation=d`` (Caffe's ``dilation``, the "a trous" convolution) spaces the
+    filter taps ``d`` pixels apart.  It is computed as an ordinary convolution with
+    the *dilated* filter (:meth:`filters`: ``d - 1`` zeros between taps, side
+    ``(k - 1) d + 1``), so every direction (forward, deconv, backward, windowed
+    projection, receptive field) is the undilated code on that filter; the
+    parameter stays the ``k x k`` taps.
     """
 
     def __init__(self, name, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 relu=True, bias=True, rng: np.random.Generator | None = None):
+                 relu=True, bias=True, rng: np.random.Generator | None = None, dilation=1):
         super().__init__(name)
         kh, kw = pair(kernel_size, "kernel_size")
         self.stride, self.padding, self.groups, self.relu = pair(stride), pair(padding), groups, relu
+        self.dilation = pair(dilation, "dilation")
+        if min(self.dilation) < 1:
+            raise ShapeError(f"{name}: dilation must be >= 1, got {self.dilation}")
         if in_channels % groups or out_channels % groups:
             raise ShapeError(f"{name}: channels {in_channels}->{out_channels} not divisible by groups={groups}")
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -161,10 +198,35 @@ class Conv2d(Layer):
 
     @property
     def kernel_size(self):
+        """``(kH, kW)`` of the parameter (the taps; see :meth:`filters` for dilation)."""
         return tuple(self.weight.shape[2:])
 
+    @property
+    def effective_kernel_size(self):
+        """Side of the filter the convolution applies: ``(k - 1) d + 1`` per axis."""
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        return ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+
+    def filters(self):
+        """The filter the convolution applies: the weight, with ``d - 1`` zeros between taps.
+
+        ``(C_out, C_in / groups, (kH - 1) dH + 1, (kW - 1) dW + 1)``; the weight itself
+        (no copy) when the dilation is 1.
+        """
+        if self.dilation == (1, 1):
+            return self.weight
+        xp = get_array_module(self.weight)
+        (dh, dw), (eh, ew) = self.dilation, self.effective_kernel_size
+        out = xp.zeros(self.weight.shape[:2] + (eh, ew), dtype=self.weight.dtype)
+        out[:, :, ::dh, ::dw] = self.weight  # tap (u, v) sits at (u dH, v dW)
+        return out
+
+    @property
+    def in_channels(self):
+        return self.weight.shape[1] * self.groups
+
     def forward(self, x, trace=None):
-        y = conv2d(x, self.weight, self.bias, self.stride, self.padding, self.groups)
+        y = conv2d(x, self.filters(), self.bias, self.stride, self.padding, self.groups)
         if self.relu:
             y = relu(y)
         if trace is not None and (c := trace.cache(self.name)) is not None:
@@ -176,37 +238,57 @@ class Conv2d(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         if self.relu:
             signal = relu_rule(signal, trace.activations[self.name] > 0, rule)
-        return conv_transpose2d(signal, self.weight, None, self.stride, self.padding, self.groups,
+        return conv_transpose2d(signal, self.filters(), None, self.stride, self.padding, self.groups,
                                 output_size=trace.caches[self.name]["in_hw"])
 
     def backward(self, dy, trace, input_grad=True):
-        """``dz = dy * [y > 0]``; ``dw``, ``db`` from :func:`conv2d_weight_grad`; ``dx = conv_transpose2d(dz, w)``."""
+        """``dz = dy * [y > 0]``; ``dw``, ``db`` from :func:`conv2d_weight_grad`; ``dx = conv_transpose2d(dz, w)``.
+
+        With dilation, the gradient of the dilated filter is taken at the taps.
+        """
         x, y = self._saved(trace, "x", "y")
         dz = relu_backward(dy, y) if self.relu else dy
-        self.grads = {"weight": conv2d_weight_grad(x, dz, self.weight.shape, self.stride, self.padding, self.groups)}
+        w = self.filters()
+        dw = conv2d_weight_grad(x, dz, w.shape, self.stride, self.padding, self.groups)
+        if self.dilation != (1, 1):
+            dw = get_array_module(dw).ascontiguousarray(dw[:, :, :: self.dilation[0], :: self.dilation[1]])  # the taps
+        self.grads = {"weight": dw}
         if self.bias is not None:
             self.grads["bias"] = conv2d_bias_grad(dz)
         if not input_grad:
             return None
-        return conv_transpose2d(dz, self.weight, None, self.stride, self.padding, self.groups, output_size=x.shape)
+        return conv_transpose2d(dz, w, None, self.stride, self.padding, self.groups, output_size=x.shape)
 
     def params(self):
         return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
 
     def rf(self):
-        return (self.kernel_size[0], self.stride[0], self.padding[0])
+        return (self.effective_kernel_size[0], self.stride[0], self.padding[0])
 
     def output_shape(self, shape):
+        _check_channels(self.name, shape, self.in_channels, "channels")
         n, _, h, w = shape
-        kh, kw = self.kernel_size
+        kh, kw = self.effective_kernel_size
         return (n, self.weight.shape[0], conv_out_size(h, kh, self.stride[0], self.padding[0]),
                 conv_out_size(w, kw, self.stride[1], self.padding[1]))
 
     def describe(self):
         o, i, kh, kw = self.weight.shape
         g = f" groups {self.groups}" if self.groups > 1 else ""
+        d = f" dilation {self.dilation[0]}" if self.dilation != (1, 1) else ""
         r = " + ReLU" if self.relu else ""
-        return f"conv {i * self.groups}->{o} {kh}x{kw}/{self.stride[0]} pad {self.padding[0]}{g}{r}"
+        return f"conv {i * self.groups}->{o} {kh}x{kw}/{self.stride[0]} pad {self.padding[0]}{g}{d}{r}"
+
+    def spec(self):
+        return {"type": "conv", "name": self.name, "in": self.in_channels, "out": self.weight.shape[0],
+                "kernel": list(self.kernel_size), "stride": list(self.stride), "pad": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "relu": bool(self.relu),
+                "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], s["in"], s["out"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]),
+                   s["groups"], relu=s["relu"], bias=s["bias"], dilation=tuple(s["dilation"]))
 
 
 class MaxPool2d(Layer):
@@ -245,21 +327,48 @@ class MaxPool2d(Layer):
         ceil = " ceil" if self.ceil_mode else ""
         return f"max-pool {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]} pad {self.padding[0]}{ceil}"
 
+    def spec(self):
+        return {"type": "maxpool", "name": self.name, "kernel": list(self.kernel_size),
+                "stride": list(self.stride), "pad": list(self.padding), "ceil": bool(self.ceil_mode)}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]), s["ceil"])
+
+
+LRN_REGIONS = ("across_channels", "within_channel")
+
 
 class LRN(Layer):
-    """Local response normalisation across channels; passed through on the way down.
+    """Local response normalisation; passed through on the way down.
+
+    ``region="across_channels"`` (AlexNet, ZFNet; :func:`~zfnet.ops.lrn`) divides by
+    the energy of ``size`` neighbouring channels at the same position.
+    ``region="within_channel"`` (Caffe's WITHIN_CHANNEL, the py-faster-rcnn ZF net;
+    :func:`~zfnet.ops.norm.lrn_within_channel`) divides by the mean energy of the
+    ``size x size`` neighbourhood in the same channel, so it widens the receptive
+    field by ``size - 1`` (see :meth:`rf`).
 
     The paper's deconvnet inverts only pooling, rectification and filtering; the
     normalisation is left out (it rescales, and its effect on a single projected
-    activation is small).  We document it rather than approximate an inverse.
+    activation is small).  We document it rather than approximate an inverse; both
+    regions pass the signal through unchanged.
     """
 
-    def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    def __init__(self, name, size=5, alpha=1e-4, beta=0.75, k=1.0, region="across_channels"):
         super().__init__(name)
-        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        if region not in LRN_REGIONS:
+            raise ConfigError(f"{name}: LRN region {region!r}, expected one of {', '.join(LRN_REGIONS)}")
+        if region == "within_channel" and (size < 1 or size % 2 == 0):
+            raise ShapeError(f"{name}: a within-channel LRN needs an odd size, got {size}")
+        self.size, self.alpha, self.beta, self.k, self.region = size, alpha, beta, k, region
+
+    def _ops(self):
+        return (lrn, lrn_backward) if self.region == "across_channels" else (lrn_within_channel,
+                                                                              lrn_within_channel_backward)
 
     def forward(self, x, trace=None):
-        y = lrn(x, self.size, self.alpha, self.beta, self.k)
+        y = self._ops()[0](x, self.size, self.alpha, self.beta, self.k)
         if (c := self._training_cache(trace)) is not None:
             c["x"], c["y"] = x, y
         return y
@@ -268,25 +377,39 @@ class LRN(Layer):
         return signal
 
     def backward(self, dy, trace, input_grad=True):
-        """The true gradient :func:`lrn_backward` (unlike ``deconv``, which passes through)."""
+        """The true gradient (``lrn_backward`` or ``lrn_within_channel_backward``), unlike ``deconv``."""
         if not input_grad:
             return None
         x, y = self._saved(trace, "x", "y")
-        return lrn_backward(x, y, dy, self.size, self.alpha, self.beta, self.k)
+        return self._ops()[1](x, y, dy, self.size, self.alpha, self.beta, self.k)
+
+    def rf(self):
+        """Pointwise across channels; a centred ``size x size`` window within a channel."""
+        return (1, 1, 0) if self.region == "across_channels" else (self.size, 1, self.size // 2)
 
     def describe(self):
-        return f"LRN size {self.size} alpha {self.alpha:g} beta {self.beta:g} k {self.k:g}"
+        where = "" if self.region == "across_channels" else f" within channel {self.size}x{self.size}"
+        return f"LRN size {self.size}{where} alpha {self.alpha:g} beta {self.beta:g} k {self.k:g}"
+
+    def spec(self):
+        return {"type": "lrn", "name": self.name, "size": self.size, "alpha": float(self.alpha),
+                "beta": float(self.beta), "k": float(self.k), "region": self.region}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], s["size"], s["alpha"], s["beta"], s["k"], s["region"])
 
 
 class Linear(Layer):
     """Fully connected layer ``y = x w^T + b``, optionally rectified."""
 
-    def __init__(self, name, in_features, out_features, relu=True, rng: np.random.Generator | None = None):
+    def __init__(self, name, in_features, out_features, relu=True, rng: np.random.Generator | None = None,
+                 bias=True):
         super().__init__(name)
         rng = rng if rng is not None else np.random.default_rng(0)
         self.relu = relu
         self.weight = _he_normal(rng, (out_features, in_features), in_features)
-        self.bias = np.zeros(out_features, np.float32)
+        self.bias = np.zeros(out_features, np.float32) if bias else None
 
     def forward(self, x, trace=None):
         y = linear(x, self.weight, self.bias)
@@ -300,7 +423,7 @@ class Linear(Layer):
         x, y = self._saved(trace, "x", "y")
         dz = relu_backward(dy, y) if self.relu else dy
         dx, dw, db = linear_backward(x, self.weight, dz)
-        self.grads = {"weight": dw, "bias": db}
+        self.grads = {"weight": dw} if self.bias is None else {"weight": dw, "bias": db}
         return dx if input_grad else None
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
@@ -309,16 +432,27 @@ class Linear(Layer):
         return signal @ self.weight  # (N, F_in): the transposed "filter"
 
     def params(self):
-        return {"weight": self.weight, "bias": self.bias}
+        return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
 
     def rf(self):
         return None
 
     def output_shape(self, shape):
+        if len(shape) != 2:
+            raise ShapeError(f"{self.name}: a fully connected layer takes (N, F) inputs, got {tuple(shape)}")
+        _check_channels(self.name, shape, self.weight.shape[1], "features")
         return (shape[0], self.weight.shape[0])
 
     def describe(self):
         return f"fc {self.weight.shape[1]}->{self.weight.shape[0]}" + (" + ReLU" if self.relu else "")
+
+    def spec(self):
+        return {"type": "fc", "name": self.name, "in": self.weight.shape[1], "out": self.weight.shape[0],
+                "relu": bool(self.relu), "bias": self.bias is not None}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], s["in"], s["out"], relu=s["relu"], bias=s["bias"])
 
 
 class Dropout(Layer):
@@ -355,6 +489,13 @@ class Dropout(Layer):
     def describe(self):
         return f"dropout p={self.p}"
 
+    def spec(self):
+        return {"type": "dropout", "name": self.name, "p": float(self.p)}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], s["p"])
+
 
 class Flatten(Layer):
     """``(N, C, H, W) -> (N, C*H*W)`` in C order (PyTorch's ``flatten(1)``)."""
@@ -376,6 +517,13 @@ class Flatten(Layer):
 
     def output_shape(self, shape):
         return (shape[0], int(np.prod(shape[1:])))
+
+    def spec(self):
+        return {"type": "flatten", "name": self.name}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"])
 
 
 def _bins(n_in: int, n_out: int) -> list[tuple[int, int]]:
@@ -433,3 +581,133 @@ class AdaptiveAvgPool2d(Layer):
 
     def describe(self):
         return f"adaptive avg-pool to {self.output_size[0]}x{self.output_size[1]}"
+
+    def spec(self):
+        return {"type": "adaptive_avgpool", "name": self.name, "out": list(self.output_size)}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], tuple(s["out"]))
+
+
+class ReLU(Layer):
+    """A rectifier on its own (one that does not follow a convolution or fc layer directly).
+
+    ``y = relu(x)``; going down, the signal is rectified by ``rule``
+    (:func:`~zfnet.nn.relu_rule`), with the forward mask ``y > 0`` for the backprop
+    and guided rules.  A Caffe ReLU right after a Convolution or InnerProduct is
+    folded into that layer (``relu=True``) instead, as in our own models.
+    """
+
+    def forward(self, x, trace=None):
+        y = relu(x)
+        if (c := self._training_cache(trace)) is not None:
+            c["y"] = y
+        return y
+
+    def deconv(self, signal, trace, rule="deconvnet", start=None):
+        return relu_rule(signal, trace.activations[self.name] > 0, rule)
+
+    def backward(self, dy, trace, input_grad=True):
+        """``dx = dy * [y > 0]``."""
+        if not input_grad:
+            return None
+        (y,) = self._saved(trace, "y")
+        return relu_backward(dy, y)
+
+    def describe(self):
+        return "ReLU"
+
+    def spec(self):
+        return {"type": "relu", "name": self.name}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"])
+
+
+class AvgPool2d(Layer):
+    """Average pooling with Caffe's divisor (:func:`~zfnet.ops.avg_pool.avg_pool2d`).
+
+    Nothing to remember on the way up: going down, each value is spread evenly over
+    its window (:func:`~zfnet.ops.avg_pool.avg_unpool2d`, the adjoint), which is also
+    the gradient.  (Caffe's global average pooling becomes
+    :class:`AdaptiveAvgPool2d` to 1x1 instead.)
+    """
+
+    def __init__(self, name, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__(name)
+        self.kernel_size = pair(kernel_size)
+        self.stride = pair(kernel_size if stride is None else stride)
+        self.padding, self.ceil_mode = pair(padding), ceil_mode
+
+    def _args(self):
+        return self.kernel_size, self.stride, self.padding, self.ceil_mode
+
+    def forward(self, x, trace=None):
+        if trace is not None and (c := trace.cache(self.name)) is not None:
+            c["in_hw"] = tuple(x.shape[2:])
+        return avg_pool2d(x, *self._args())
+
+    def deconv(self, signal, trace, rule="deconvnet", start=None):
+        return avg_unpool2d(signal, trace.caches[self.name]["in_hw"], *self._args())
+
+    def backward(self, dy, trace, input_grad=True):
+        """Averaging is linear: its gradient is its adjoint, the ``deconv`` step."""
+        (in_hw,) = self._saved(trace, "in_hw")
+        return avg_unpool2d(dy, in_hw, *self._args()) if input_grad else None
+
+    def rf(self):
+        return (self.kernel_size[0], self.stride[0], self.padding[0])
+
+    def output_shape(self, shape):
+        n, c, h, w = shape
+        return (n, c, pool_out_size(h, self.kernel_size[0], self.stride[0], self.padding[0], self.ceil_mode),
+                pool_out_size(w, self.kernel_size[1], self.stride[1], self.padding[1], self.ceil_mode))
+
+    def describe(self):
+        ceil = " ceil" if self.ceil_mode else ""
+        return f"avg-pool {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]} pad {self.padding[0]}{ceil}"
+
+    def spec(self):
+        return {"type": "avgpool", "name": self.name, "kernel": list(self.kernel_size),
+                "stride": list(self.stride), "pad": list(self.padding), "ceil": bool(self.ceil_mode)}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]), s["ceil"])
+
+
+class Softmax(Layer):
+    """Softmax over channels (axis 1): a Caffe deploy net's ``prob`` layer.
+
+    Going down, the signal passes through unchanged, as for LRN: each class
+    probability rises and falls with its own score, and the deconvnet projects the
+    score.  ``backward`` is the true gradient,
+    ``dx = y * (dy - sum_c dy_c y_c)``.  Per position for (N, C, H, W) inputs.
+    """
+
+    def forward(self, x, trace=None):
+        y = softmax(x, axis=1)
+        if (c := self._training_cache(trace)) is not None:
+            c["y"] = y
+        return y
+
+    def deconv(self, signal, trace, rule="deconvnet", start=None):
+        return signal
+
+    def backward(self, dy, trace, input_grad=True):
+        if not input_grad:
+            return None
+        (y,) = self._saved(trace, "y")
+        return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+    def describe(self):
+        return "softmax over channels"
+
+    def spec(self):
+        return {"type": "softmax", "name": self.name}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"])

@@ -1,4 +1,10 @@
-"""Local response normalisation across channels (AlexNet's and ZFNet's LRN)."""
+"""Local response normalisation: across channels (AlexNet's and ZFNet's LRN) and within
+one channel (Caffe's ``norm_region: WITHIN_CHANNEL``, used by the py-faster-rcnn ZF net).
+
+Both divide each activation by a power of the local energy around it; they differ in
+where "around" is: neighbouring channels at the same position, or neighbouring
+positions in the same channel.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from . import _kernels
 
-__all__ = ["lrn", "lrn_backward"]
+__all__ = ["lrn", "lrn_backward", "lrn_within_channel", "lrn_within_channel_backward"]
 
 
 def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -116,3 +122,114 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
     t = dy * y / s  # dL/dy_c * y_c / s_c
     back = _window_sum(xp, t, after, before)  # sum over the outputs c whose window holds j
     return dy * s ** (-beta) - (2.0 * alpha * beta / size) * x * back
+
+
+# --------------------------------------------------------------------- within channel
+
+
+def _check_within(x, size: int, what: str) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what}: input must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if size < 1 or size % 2 == 0:
+        raise ShapeError(f"{what}: size must be odd and >= 1 (Caffe's rule: the window is centred), got {size}")
+
+
+def _box_sum(xp, a, size: int):
+    """``out[..., i, j] = sum of a[..., i+u, j+v]`` over ``|u|, |v| <= size // 2``, zeros outside the map.
+
+    Separable: a running sum down the rows, then along the columns.  ``a`` is
+    (N, C, H, W); so is the result.
+    """
+    r = size // 2
+    h, w = a.shape[2:]
+    a = xp.pad(a, ((0, 0), (0, 0), (r, r), (r, r)))  # (N, C, H + 2r, W + 2r), zero padded
+    rows = a[:, :, 0:h].copy()
+    for d in range(1, size):  # rows i-r .. i+r of the padded map
+        rows += a[:, :, d : d + h]
+    out = rows[:, :, :, 0:w].copy()
+    for d in range(1, size):  # then columns j-r .. j+r
+        out += rows[:, :, :, d : d + w]
+    return out
+
+
+def lrn_within_channel(x, size: int, alpha: float = 1.0, beta: float = 0.75, k: float = 1.0):
+    """Local response normalisation within each channel (Caffe's ``WITHIN_CHANNEL``).
+
+    .. math::
+
+        y_{c,i,j} = x_{c,i,j} \\Big/ \\Big(k + \\frac{\\alpha}{n^2}
+            \\sum_{|u| \\le r} \\sum_{|v| \\le r} x_{c,i+u,j+v}^2\\Big)^{\\beta},
+        \\qquad r = \\frac{n - 1}{2}
+
+    with ``n = size`` (odd) and positions outside the map counted as zero: ``alpha``
+    times the *mean* of ``x^2`` over the ``n x n`` window, the divisor ``n^2`` even
+    where the window overhangs the border.  That is Caffe's definition: its LRN layer
+    builds WITHIN_CHANNEL from an AVE pooling of ``x^2`` (kernel ``n``, stride 1,
+    pad ``r``, whose divisor counts the padding) and a power layer
+    ``(1 + alpha * s)^(-beta)``.  Caffe fixes the shift at 1 and ignores its ``k``
+    for this region; the network builder passes ``k=1`` (the parameter is here so
+    the formula reads like :func:`lrn`'s).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+    size : int
+        Side ``n`` of the square window; odd (Caffe refuses even sizes).
+    alpha, beta, k : float
+        The py-faster-rcnn ZF net uses ``size=3, alpha=5e-5, beta=0.75``.
+
+    Returns
+    -------
+    y : array, same shape as ``x``
+
+    Paired with
+    -----------
+    :func:`lrn_within_channel_backward`.  The deconvnet passes signals through it
+    unchanged, as for :func:`lrn`.
+
+    References
+    ----------
+    Caffe, ``src/caffe/layers/lrn_layer.cpp`` (``WithinChannelForward``) and
+    ``pooling_layer.cpp`` (AVE pooling's divisor).
+    """
+    xp = get_array_module(x)
+    _check_within(x, size, "lrn_within_channel")
+    s = k + (alpha / (size * size)) * _box_sum(xp, x * x, size)  # (N, C, H, W)
+    return x * s ** (-beta)
+
+
+def lrn_within_channel_backward(x, y, dy, size: int, alpha: float = 1.0, beta: float = 0.75, k: float = 1.0):
+    """Gradient of :func:`lrn_within_channel` with respect to its input.
+
+    With ``s_p = k + (alpha / n^2) sum_{q in B(p)} x_q^2`` (``B(p)`` the ``n x n``
+    box around position ``p``) and ``y_p = x_p s_p^{-beta}``:
+
+    .. math::
+
+        \\frac{\\partial L}{\\partial x_q} = \\frac{\\partial L}{\\partial y_q} s_q^{-\\beta}
+          - \\frac{2 \\alpha \\beta}{n^2} x_q \\sum_{p:\\, q \\in B(p)}
+            \\frac{\\partial L}{\\partial y_p} \\frac{y_p}{s_p}
+
+    The box is centred, so ``q in B(p)`` exactly when ``p in B(q)``: the second sum
+    is the same box sum, taken of ``dL/dy * y / s``.
+
+    Parameters
+    ----------
+    x, y, dy : arrays, shape (N, C, H, W)
+        Forward input, forward output, and the gradient with respect to ``y``.
+    size, alpha, beta, k :
+        As in :func:`lrn_within_channel`.
+
+    Returns
+    -------
+    dx : array, same shape as ``x``
+    """
+    xp = get_array_module(x, y, dy)
+    if not (x.shape == y.shape == dy.shape):
+        raise ShapeError(f"lrn_within_channel_backward: x, y and dy must share one shape, got "
+                         f"{tuple(x.shape)}, {tuple(y.shape)}, {tuple(dy.shape)}")
+    _check_within(x, size, "lrn_within_channel_backward")
+    n2 = size * size
+    s = k + (alpha / n2) * _box_sum(xp, x * x, size)
+    back = _box_sum(xp, dy * y / s, size)  # sum over the outputs p whose box holds q
+    return dy * s ** (-beta) - (2.0 * alpha * beta / n2) * x * back

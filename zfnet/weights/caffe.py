@@ -22,6 +22,15 @@ and CaffeNet releases, use ``layers`` with an enum type and the legacy
 the blobs with the shape the file declares; :mod:`zfnet.weights.native` squeezes the
 legacy leading ones when it maps layers onto a model.
 
+A ``.caffemodel`` written by Caffe also carries the whole network definition:
+each layer's ``bottom``/``top`` blobs and its ``*_param`` messages.
+:func:`read_caffe_net` decodes those too, by the schema in :data:`SCHEMA` (the
+fields :mod:`zfnet.weights.caffe_net` uses, with their numbers from
+``caffe.proto``), into the same dicts and lists that
+:func:`~zfnet.weights.parse_prototxt` makes of a ``.prototxt``, so one builder
+reads both.  Enums become their names (``pool: "MAX"``), V1 layer types their V2
+strings (``CONVOLUTION`` -> ``"Convolution"``).
+
 Caffe's convolution weights are ``(C_out, C_in / group, kH, kW)``, the same OIHW layout
 as ours, and InnerProduct weights are ``(out, in)`` like ``zfnet.ops.linear``.  Caffe
 ImageNet models take BGR input; that is metadata, not a weight change (see
@@ -44,6 +53,10 @@ __all__ = [
     "CaffeLayer",
     "read_caffemodel",
     "read_caffemodel_layers",
+    "read_caffe_net",
+    "read_blobproto",
+    "SCHEMA",
+    "V1_TYPE_NAMES",
     "encode_caffemodel",
     "write_caffemodel",
     "V1_LAYER_TYPES",
@@ -62,6 +75,20 @@ V1_LAYER_TYPES: dict[int, str] = {
     23: "TanH", 24: "WindowData", 31: "Threshold",
 }
 _V1_TYPE_CODES = {name: code for code, name in V1_LAYER_TYPES.items()}
+# The enum identifiers a V1 .prototxt writes (``type: CONVOLUTION``) -> V2 strings.
+V1_TYPE_NAMES: dict[str, str] = {
+    "NONE": "None", "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout", "DUMMY_DATA": "DummyData",
+    "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise", "EXP": "Exp", "FLATTEN": "Flatten",
+    "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output", "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col",
+    "IMAGE_DATA": "ImageData", "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct",
+    "LRN": "LRN", "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence", "SOFTMAX": "Softmax",
+    "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice", "TANH": "TanH",
+    "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
 
 _MAX_DIMS = 32  # Caffe's kMaxBlobAxes
 # Heap the decoded layers may take, per byte of file plus a constant: blob data costs
@@ -78,11 +105,22 @@ _DOUBLE_TAG = pb.encode_tag(8, pb.I64)
 
 @dataclass
 class CaffeLayer:
-    """One layer of a ``.caffemodel``: its name, type string and weight blobs."""
+    """One layer of a ``.caffemodel``: its name, type string and weight blobs.
+
+    With the definition (:func:`read_caffe_net`, or a ``.prototxt``): ``bottom`` and
+    ``top`` blob names, and ``params``, the rest of the layer message as
+    prototxt-style dicts (``{"convolution_param": {"num_output": 96, ...},
+    "include": [{"phase": "TEST"}], ...}``).  ``version`` is 2 (``layer``), 1 (V1
+    ``layers``) or 0 (a V0 layer inside a V1 wrapper).
+    """
 
     name: str
     type: str
     blobs: list[np.ndarray] = field(default_factory=list)
+    bottom: list[str] = field(default_factory=list)
+    top: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+    version: int = 2
 
 
 class _Meter:
@@ -232,6 +270,164 @@ def _decode_layer(buf: bytes, start: int, end: int, version: int,
     return layer
 
 
+# ------------------------------------------------------------------- the definition
+
+_PHASE = {0: "TRAIN", 1: "TEST"}
+# Field kinds: "str", "int" (signed varint), "bool", "float" (fixed32), ("enum", {code: name}),
+# ("msg", message name).  (name, kind, repeated) per field number; other fields are skipped.
+SCHEMA: dict[str, dict[int, tuple]] = {
+    "NetParameter": {1: ("name", "str", False), 3: ("input", "str", True),
+                     8: ("input_shape", ("msg", "BlobShape"), True), 4: ("input_dim", "int", True)},
+    "BlobShape": {1: ("dim", "int", True)},
+    "NetStateRule": {1: ("phase", ("enum", _PHASE), False), 2: ("min_level", "int", False),
+                     3: ("max_level", "int", False), 4: ("stage", "str", True), 5: ("not_stage", "str", True)},
+    "LayerParameter": {
+        1: ("name", "str", False), 2: ("type", "str", False), 3: ("bottom", "str", True),
+        4: ("top", "str", True), 10: ("phase", ("enum", _PHASE), False),
+        8: ("include", ("msg", "NetStateRule"), True), 9: ("exclude", ("msg", "NetStateRule"), True),
+        100: ("transform_param", ("msg", "TransformationParameter"), False),
+        104: ("concat_param", ("msg", "ConcatParameter"), False),
+        106: ("convolution_param", ("msg", "ConvolutionParameter"), False),
+        107: ("data_param", ("msg", "DataParameter"), False),
+        108: ("dropout_param", ("msg", "DropoutParameter"), False),
+        109: ("dummy_data_param", ("msg", "DummyDataParameter"), False),
+        115: ("image_data_param", ("msg", "DataParameter"), False),
+        117: ("inner_product_param", ("msg", "InnerProductParameter"), False),
+        118: ("lrn_param", ("msg", "LRNParameter"), False),
+        119: ("memory_data_param", ("msg", "MemoryDataParameter"), False),
+        121: ("pooling_param", ("msg", "PoolingParameter"), False),
+        123: ("relu_param", ("msg", "ReLUParameter"), False),
+        125: ("softmax_param", ("msg", "SoftmaxParameter"), False),
+        129: ("window_data_param", ("msg", "DataParameter"), False),
+        130: ("python_param", ("msg", "PythonParameter"), False),
+        135: ("flatten_param", ("msg", "FlattenParameter"), False),
+        143: ("input_param", ("msg", "InputParameter"), False),
+    },
+    "V1LayerParameter": {
+        2: ("bottom", "str", True), 3: ("top", "str", True), 4: ("name", "str", False),
+        32: ("include", ("msg", "NetStateRule"), True), 33: ("exclude", ("msg", "NetStateRule"), True),
+        36: ("transform_param", ("msg", "TransformationParameter"), False),
+        9: ("concat_param", ("msg", "ConcatParameter"), False),
+        10: ("convolution_param", ("msg", "ConvolutionParameter"), False),
+        11: ("data_param", ("msg", "DataParameter"), False),
+        12: ("dropout_param", ("msg", "DropoutParameter"), False),
+        26: ("dummy_data_param", ("msg", "DummyDataParameter"), False),
+        15: ("image_data_param", ("msg", "DataParameter"), False),
+        17: ("inner_product_param", ("msg", "InnerProductParameter"), False),
+        18: ("lrn_param", ("msg", "LRNParameter"), False),
+        22: ("memory_data_param", ("msg", "MemoryDataParameter"), False),
+        19: ("pooling_param", ("msg", "PoolingParameter"), False),
+        30: ("relu_param", ("msg", "ReLUParameter"), False),
+        39: ("softmax_param", ("msg", "SoftmaxParameter"), False),
+        20: ("window_data_param", ("msg", "DataParameter"), False),
+    },
+    "TransformationParameter": {1: ("scale", "float", False), 2: ("mirror", "bool", False),
+                                3: ("crop_size", "int", False), 4: ("mean_file", "str", False),
+                                5: ("mean_value", "float", True)},
+    # Data, ImageData and WindowData share these numbers for their deprecated transform fields.
+    "DataParameter": {2: ("scale", "float", False), 3: ("mean_file", "str", False),
+                      5: ("crop_size", "int", False)},
+    "MemoryDataParameter": {1: ("batch_size", "int", False), 2: ("channels", "int", False),
+                            3: ("height", "int", False), 4: ("width", "int", False)},
+    "DummyDataParameter": {6: ("shape", ("msg", "BlobShape"), True), 2: ("num", "int", True),
+                           3: ("channels", "int", True), 4: ("height", "int", True), 5: ("width", "int", True)},
+    "InputParameter": {1: ("shape", ("msg", "BlobShape"), True)},
+    "ConvolutionParameter": {
+        1: ("num_output", "int", False), 2: ("bias_term", "bool", False), 3: ("pad", "int", True),
+        4: ("kernel_size", "int", True), 5: ("group", "int", False), 6: ("stride", "int", True),
+        9: ("pad_h", "int", False), 10: ("pad_w", "int", False), 11: ("kernel_h", "int", False),
+        12: ("kernel_w", "int", False), 13: ("stride_h", "int", False), 14: ("stride_w", "int", False),
+        16: ("axis", "int", False), 18: ("dilation", "int", True)},
+    "PoolingParameter": {
+        1: ("pool", ("enum", {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}), False), 2: ("kernel_size", "int", True),
+        3: ("stride", "int", True), 4: ("pad", "int", True), 5: ("kernel_h", "int", False),
+        6: ("kernel_w", "int", False), 7: ("stride_h", "int", False), 8: ("stride_w", "int", False),
+        9: ("pad_h", "int", False), 10: ("pad_w", "int", False), 12: ("global_pooling", "bool", False),
+        13: ("round_mode", ("enum", {0: "CEIL", 1: "FLOOR"}), False)},
+    "LRNParameter": {1: ("local_size", "int", False), 2: ("alpha", "float", False), 3: ("beta", "float", False),
+                     4: ("norm_region", ("enum", {0: "ACROSS_CHANNELS", 1: "WITHIN_CHANNEL"}), False),
+                     5: ("k", "float", False)},
+    "InnerProductParameter": {1: ("num_output", "int", False), 2: ("bias_term", "bool", False),
+                              5: ("axis", "int", False), 6: ("transpose", "bool", False)},
+    "DropoutParameter": {1: ("dropout_ratio", "float", False)},
+    "ConcatParameter": {1: ("concat_dim", "int", False), 2: ("axis", "int", False)},
+    "ReLUParameter": {1: ("negative_slope", "float", False)},
+    "SoftmaxParameter": {2: ("axis", "int", False)},
+    "FlattenParameter": {1: ("axis", "int", False), 2: ("end_axis", "int", False)},
+    "PythonParameter": {1: ("module", "str", False), 2: ("layer", "str", False)},
+}
+_VALUE_COST = 96  # heap charged per decoded value (a Python object in a dict or list)
+
+
+def _decode_message(buf: bytes, start: int, end: int, schema: str, meter: _Meter) -> dict:
+    """Decode the fields of ``schema`` in ``buf[start:end]`` into a prototxt-style dict.
+
+    Repeated fields become lists (packed or not); for a non-repeated field the last
+    value wins, as in protobuf.  Sub-messages nest to a depth fixed by the schema.
+    """
+    out: dict = {}
+    fields = SCHEMA[schema]
+    for f in pb.iter_fields(buf, start, end):
+        spec = fields.get(f.number)
+        if spec is None:
+            continue
+        name, kind, repeated = spec
+        # Charged before decoding: a packed run of n bytes holds at most n varints (n / 4 floats).
+        packed = f.wire == pb.LEN and kind in ("int", "bool", "float") or (f.wire == pb.LEN and kind[0] == "enum")
+        count = (f.end - f.start) // (4 if kind == "float" else 1) if packed else 1
+        meter.charge(_VALUE_COST * max(count, 1) + (f.end - f.start), f"offset {f.start}")
+        # A field whose wire type is not the schema's is some Caffe fork's other field
+        # under the same number: skipped, like any unknown field.
+        if isinstance(kind, tuple) and kind[0] == "msg":
+            if f.wire != pb.LEN:
+                continue
+            values = [_decode_message(buf, f.start, f.end, kind[1], meter)]
+        elif kind == "str":
+            if f.wire != pb.LEN:
+                continue
+            values = [_string(buf, f.start, f.end)]
+        elif kind == "float":
+            if f.wire == pb.I32:
+                values = [float(pb.packed_array(buf, f.start, f.end, "<f4")[0])]
+            elif f.wire == pb.LEN:
+                values = [float(v) for v in pb.packed_array(buf, f.start, f.end, "<f4")]
+            else:
+                continue
+        else:  # a varint: int, bool or enum, one or packed
+            if f.wire == pb.VARINT:
+                raw = [f.value]
+            elif f.wire == pb.LEN:
+                raw = pb.packed_varints(buf, f.start, f.end)
+            else:
+                continue
+            if kind == "int":
+                values = [pb.to_signed(v) for v in raw]
+            elif kind == "bool":
+                values = [bool(v) for v in raw]
+            else:
+                values = [kind[1].get(v, v) for v in raw]  # an unknown enum value stays a number
+        if repeated:
+            out.setdefault(name, []).extend(values)
+        elif values:
+            out[name] = values[-1]
+    return out
+
+
+def _decode_layer_definition(buf: bytes, start: int, end: int, version: int, meter: _Meter) -> CaffeLayer:
+    """A layer with its blobs (:func:`_decode_layer`) and its definition (:data:`SCHEMA`)."""
+    layer = _decode_layer(buf, start, end, version, meter)
+    d = _decode_message(buf, start, end, "LayerParameter" if version == 2 else "V1LayerParameter", meter)
+    layer.bottom, layer.top = d.pop("bottom", []), d.pop("top", [])
+    d.pop("name", None)
+    d.pop("type", None)
+    layer.params = d
+    if version == 1 and any(f.number == 1 and f.wire == pb.LEN for f in pb.iter_fields(buf, start, end)):
+        layer.version = 0  # a V0 layer inside the V1 wrapper: its parameters are not decoded
+    else:
+        layer.version = version
+    return layer
+
+
 def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -275,6 +471,68 @@ def read_caffemodel_layers(path: str | os.PathLike) -> list[CaffeLayer]:
     if not layers:
         raise WeightsError(f"{path}: no Caffe layers found (not a .caffemodel NetParameter?)")
     return layers
+
+
+def read_caffe_net(path: str | os.PathLike) -> tuple[dict, list[CaffeLayer]]:
+    """The network definition and the layers of a ``.caffemodel``, in file order.
+
+    Returns
+    -------
+    net : dict
+        The NetParameter's own fields, prototxt-style: ``name``, ``input``,
+        ``input_shape`` (``[{"dim": [...]}, ...]``), ``input_dim``.
+    layers : list of CaffeLayer
+        Each with ``blobs``, ``bottom``, ``top``, ``params`` (see
+        :class:`CaffeLayer`) and ``version``.
+
+    Raises
+    ------
+    WeightsError
+        As :func:`read_caffemodel_layers`; also a file holding both V2 ``layer``
+        and V1 ``layers`` (Caffe refuses those too).
+    """
+    path = os.fspath(path)
+    buf = _read_bytes(path)
+    meter = _Meter(len(buf))
+    layers: list[CaffeLayer] = []
+    versions = set()
+    try:
+        net = _decode_message(buf, 0, len(buf), "NetParameter", meter)
+        for f in pb.iter_fields(buf):
+            if f.number in (100, 2) and f.wire == pb.LEN:
+                version = 2 if f.number == 100 else 1
+                versions.add(version)
+                layers.append(_decode_layer_definition(buf, f.start, f.end, version, meter))
+    except pb.ProtobufError as exc:
+        raise WeightsError(f"{path}: corrupt Caffe model: {exc}") from exc
+    if not layers:
+        raise WeightsError(f"{path}: no Caffe layers found (not a .caffemodel NetParameter?)")
+    if len(versions) > 1:
+        raise WeightsError(f"{path}: holds both V2 'layer' and V1 'layers' fields; Caffe refuses such "
+                           "files too (upgrade it with Caffe's upgrade_net_proto_binary)")
+    return net, layers
+
+
+def read_blobproto(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``.binaryproto`` file: one serialised ``BlobProto`` (a Caffe mean image).
+
+    Returns
+    -------
+    ndarray, float32
+        The blob in its declared shape, e.g. ``(1, 3, 256, 256)`` for BVLC's
+        ``imagenet_mean.binaryproto`` (BGR, 0..255).
+
+    Raises
+    ------
+    WeightsError
+        Missing, truncated or corrupt file (naming it).
+    """
+    path = os.fspath(path)
+    buf = _read_bytes(path)
+    try:
+        return _decode_blob(buf, 0, len(buf))
+    except pb.ProtobufError as exc:
+        raise WeightsError(f"{path}: not a readable .binaryproto BlobProto: {exc}") from exc
 
 
 def read_caffemodel(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:

@@ -25,11 +25,17 @@ source                     keys                                   model
 =========================  =====================================  ====================
 torchvision AlexNet .pth   ``features.{0,3,6,8,10}``,             ``alexnet-torchvision``
                            ``classifier.{1,4,6}``                 RGB, ImageNet mean/std
-BVLC AlexNet / CaffeNet    Caffe layers ``conv1``..``conv5``      ``alexnet`` (Caffe
-.caffemodel                (11x11 conv1, grouped conv2/4/5),      layout), BGR, mean
-                           ``fc6``..``fc8``                       104/117/123
-ZF layout .caffemodel      ``conv1`` 7x7, ungrouped conv2..5,     ``zfnet``, BGR, mean
-                           ``fc6``..``fc8``                       104/117/123
+a .caffemodel with its     the layer list (bottom/top,            built from it
+definition, or Caffe       ``*_param``):                          (:mod:`.caffe_net`):
+weights + ``prototxt=``    :mod:`zfnet.weights.caffe_net`         a known model when the
+                                                                  graph is exactly one,
+                                                                  else ``caffe-graph``
+blobs-only .caffemodel:    Caffe layers ``conv1``..``conv5``      ``alexnet`` (Caffe
+AlexNet names              (11x11 conv1, grouped conv2/4/5),      layout), BGR, mean
+                           ``fc6``..``fc8``                       104/117/123 (a note says
+                                                                  it was chosen by shape)
+blobs-only, ZF names       ``conv1`` 7x7, ungrouped conv2..5,     ``zfnet``, BGR, mean
+                           ``fc6``..``fc8``                       104/117/123 (same note)
 SqueezeNet v1.0            ``fireN/conv1x1_1``, ``conv1x1_2``,    ``squeezenet1_0``,
 (.caffemodel or .npz of    ``conv3x3_2``, ``conv1``,              BGR, mean 104/117/123
 ``<layer>/W``, ``/b``)     ``conv_final``
@@ -45,8 +51,12 @@ squeezed to ``(out, in)``.  Caffe convolution weights are OIHW like ours, and Ca
 flattens ``pool5`` in C order like our :class:`~zfnet.nn.Flatten`, so no weight is
 permuted.  BGR input is recorded in the metadata, not baked into conv1.
 
-Note: CaffeNet differs from AlexNet only in pooling before normalisation; the two
-have identical weight shapes, and both load onto ``alexnet`` (AlexNet's order).
+CaffeNet differs from AlexNet only in pooling before normalisation, and
+py-faster-rcnn's ZF from the paper's ZFNet in paddings and a within-channel LRN:
+the weight shapes agree, so only a file's definition can tell them apart, and a
+file that carries one is always built from it.  A ``caffe-graph`` network is saved
+with its layer list (``config["graph"]``) and reloaded from it
+(:func:`zfnet.models.graph_network`).
 """
 
 from __future__ import annotations
@@ -63,7 +73,9 @@ import numpy as np
 
 from .._files import atomic_write
 from ..errors import ConfigError, WeightsError
-from .caffe import read_caffemodel
+from ..models.caffe_graph import CAFFE_GRAPH, graph_network
+from .caffe import read_caffe_net
+from .caffe_net import caffe_blobs, caffe_network, has_definition, prototxt_layers
 from .pth import read_pth
 
 __all__ = [
@@ -418,9 +430,13 @@ def _check_metadata(meta: Mapping[str, Any], source: str, where: str = "metadata
     for key in ("arch", "variant", "interpolation"):
         if key in meta and not isinstance(meta[key], str):
             raise bad(key, "a string")
-    for key in ("training", "source", "preprocess"):
+    for key in ("training", "source", "preprocess", "caffe"):
         if key in meta and not isinstance(meta[key], dict):
             raise bad(key, "a JSON object")
+    if "graph" in meta and not isinstance(meta["graph"], list):
+        raise bad("graph", "a list of layer specs (checked in full by zfnet.nn.check_spec)")
+    if meta.get("arch") == CAFFE_GRAPH and "graph" not in meta:
+        raise WeightsError(f"{source}: {where} names architecture {CAFFE_GRAPH!r} but holds no 'graph'")
     if "preprocess" in meta:
         _check_metadata(meta["preprocess"], source, where="metadata preprocess")
 
@@ -532,6 +548,34 @@ def _state_to_state(sd: Mapping[str, np.ndarray], arch: str | None, source: str
     return arch, dict(sd), {k: k for k in sd}, {}
 
 
+def _caffe_named_blobs(arrays: Mapping[str, np.ndarray], source: str) -> dict[str, list]:
+    """``<layer>/W`` and ``<layer>/b`` arrays -> ``{layer: [W, b]}``."""
+    blobs: dict[str, list] = {}
+    for key, value in arrays.items():
+        layer, _, kind = key.rpartition("/")
+        if not layer or kind not in ("W", "b"):
+            raise WeightsError(f"{source}: key '{key}' is not '<caffe layer>/W' or '<caffe layer>/b'")
+        blobs.setdefault(layer, [None, None])[0 if kind == "W" else 1] = value
+    for layer, pair in blobs.items():
+        if pair[0] is None:
+            raise WeightsError(f"{source}: '{layer}/b' has no '{layer}/W'")
+        blobs[layer] = [a for a in pair if a is not None]
+    return blobs
+
+
+def _caffe_graph_model(path: str, own, blobs, arch, prototxt, mean, truncate, input_size):
+    """Build the network of a Caffe definition: ``prototxt`` if given, else the file's own ``(net, layers)``."""
+    if prototxt is not None:
+        net, layers = prototxt_layers(os.fspath(prototxt) if not isinstance(prototxt, os.PathLike) else prototxt)
+        definition = f"--prototxt {os.path.basename(os.fspath(prototxt))}"
+    else:
+        (net, layers), definition = own, "the file's own definition"
+    if arch == "alexnet-torchvision":
+        raise WeightsError(f"{path}: a Caffe network cannot be loaded as {arch!r}")
+    return caffe_network(net, layers, blobs, path, mean=mean, arch=arch, truncate=truncate,
+                         input_size=input_size, definition=definition)
+
+
 def _build(arch: str, state: Mapping[str, np.ndarray], source: str):
     """Build ``arch`` sized from the weights: classes from the last layer, fc width from fc6."""
     from ..models import alexnet, zfnet
@@ -577,7 +621,9 @@ def _fit(model, state: Mapping[str, np.ndarray], origin: Mapping[str, str], sour
 
 
 def load(path: str | os.PathLike, arch: str | None = None,
-         class_names: Sequence[str] | None = None):
+         class_names: Sequence[str] | None = None, *, prototxt: str | os.PathLike | None = None,
+         mean: str | os.PathLike | None = None, truncate: bool = True,
+         input_size: tuple[int, int] | None = None):
     """Load weights of any supported format into a new model.
 
     Parameters
@@ -592,12 +638,27 @@ def load(path: str | os.PathLike, arch: str | None = None,
         keys and shapes (see the table in the module docstring).
     class_names : sequence of str, optional
         Stored in ``model.config["class_names"]``.
+    prototxt : path, optional
+        The network's Caffe definition (``deploy.prototxt``), for a ``.caffemodel``
+        or a ``.npz`` of Caffe-named arrays.  Without it a ``.caffemodel``'s own
+        definition is used, if it carries one.
+    mean : path, optional
+        A Caffe mean file (``.binaryproto``); its per-channel average is subtracted.
+    truncate : bool
+        A Caffe graph with a layer zfnet cannot run ends before it, with a note in
+        ``config["caffe"]["notes"]`` (default); False refuses it instead.
+    input_size : (H, W), optional
+        A Caffe graph's input size, where its definition gives none.
 
     Returns
     -------
     Network
         In eval mode, float32 parameters, ``config`` holding the architecture and
-        the preprocessing the weights expect (``model.preprocess``).
+        the preprocessing the weights expect (``model.preprocess``).  A Caffe file
+        with its definition is built from that definition
+        (:mod:`zfnet.weights.caffe_net`): one of our architectures when the graph
+        is exactly one (``config["caffe"]["recognised"]``), otherwise a
+        ``caffe-graph`` network with the file's layer names.
 
     Raises
     ------
@@ -615,6 +676,9 @@ def load(path: str | os.PathLike, arch: str | None = None,
     kind = detect_format(path)
     meta: dict = {}
     foreign = True  # weights without our metadata: note where they came from
+    if (prototxt is not None or mean is not None or input_size is not None) and kind == "pth":
+        raise WeightsError(f"{path}: --prototxt, --mean and input_size apply to Caffe weights, not a PyTorch file")
+    model = None
     if kind == "npz":
         arrays, file_meta = read_npz(path)
         if file_meta is not None:
@@ -623,24 +687,54 @@ def load(path: str | os.PathLike, arch: str | None = None,
             file_arch = meta.get("arch")
             if file_arch == "alexnet" and meta.get("variant") == "torchvision":
                 file_arch = "alexnet-torchvision"
-            if file_arch not in _ARCHS:
+            if file_arch not in _ARCHS + (CAFFE_GRAPH,):
                 raise WeightsError(f"{path}: metadata names architecture {file_arch!r}, "
-                                   f"expected one of {', '.join(_ARCHS)}")
+                                   f"expected one of {', '.join(_ARCHS + (CAFFE_GRAPH,))}")
             if arch is not None and arch != file_arch:
                 raise WeightsError(f"{path}: holds {file_arch} weights, not {arch}")
+            if prototxt is not None or mean is not None or input_size is not None:
+                raise WeightsError(f"{path}: a zfnet .npz already holds its network and preprocessing; "
+                                   "--prototxt, --mean and input_size apply to Caffe weights")
+            if file_arch == CAFFE_GRAPH:  # the network is the layer list in the metadata
+                if len(meta.get("class_names", ())) not in (0, int(meta.get("num_classes", 0))):
+                    raise WeightsError(f"{path}: metadata 'class_names' lists {len(meta['class_names'])} "
+                                       f"names for {meta.get('num_classes')} classes")
+                model = graph_network(meta.pop("graph", None), meta, arrays, source=path)
+                meta = {}
             arch, state, origin = file_arch, arrays, {k: k for k in arrays}
             foreign = False
+        elif prototxt is not None:  # Caffe-named arrays (<layer>/W, /b) and the network's .prototxt
+            model = _caffe_graph_model(path, None, _caffe_named_blobs(arrays, path), arch, prototxt, mean,
+                                       truncate, input_size)
+            meta = {}
         else:
+            if mean is not None or input_size is not None:
+                raise WeightsError(f"{path}: --mean and input_size need the network's definition (--prototxt)")
             arch, state, origin, meta = _state_to_state(arrays, arch, path)
     elif kind == "pth":
         arch, state, origin, meta = _state_to_state(read_pth(path), arch, path)
     else:
-        arch, state, origin, meta = _caffe_to_state(read_caffemodel(path), arch, path)
-    model = _build(arch, state, path)
-    if len(meta.get("class_names", ())) not in (0, model.num_classes):
-        raise WeightsError(f"{path}: metadata 'class_names' lists {len(meta['class_names'])} names "
-                           f"for {model.num_classes} classes")
-    _fit(model, state, origin, path)
+        net, layers = read_caffe_net(path)
+        if prototxt is not None or has_definition(layers):
+            model = _caffe_graph_model(path, (net, layers), caffe_blobs(layers, path), arch, prototxt, mean,
+                                       truncate, input_size)
+            meta = {}
+        else:
+            if mean is not None or input_size is not None:
+                raise WeightsError(f"{path}: holds no layer definitions; --mean and input_size need the "
+                                   "network's .prototxt too (--prototxt)")
+            arch, state, origin, meta = _caffe_to_state(caffe_blobs(layers, path), arch, path)
+            meta["caffe"] = {"net": "", "definition": "none in the file (no bottom/top)",
+                             "recognised": None,
+                             "notes": [f"the file holds weights but no layer definitions: the architecture "
+                                       f"({arch}) was chosen from the blob shapes, not read from the file; "
+                                       "give the network's .prototxt (--prototxt) to build its own graph"]}
+    if model is None:
+        model = _build(arch, state, path)
+        if len(meta.get("class_names", ())) not in (0, model.num_classes):
+            raise WeightsError(f"{path}: metadata 'class_names' lists {len(meta['class_names'])} names "
+                               f"for {model.num_classes} classes")
+        _fit(model, state, origin, path)
     for key in ("arch", "variant", "num_classes", "fc_width"):
         meta.pop(key, None)  # the built model's own values are authoritative
     model.config.update(meta)
@@ -660,8 +754,12 @@ def load(path: str | os.PathLike, arch: str | None = None,
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str | None = None,
-            dtype: str = "float32", class_names: Sequence[str] | None = None):
-    """``load(src, arch)`` then ``save(model, dst)``; returns the model."""
-    model = load(src, arch=arch, class_names=class_names)
+            dtype: str = "float32", class_names: Sequence[str] | None = None, **caffe):
+    """``load(src, arch, **caffe)`` then ``save(model, dst)``; returns the model.
+
+    ``caffe``: ``prototxt``, ``mean``, ``truncate``, ``input_size`` (see :func:`load`).
+    A caffe-graph network is saved with its layer list and reloads as itself.
+    """
+    model = load(src, arch=arch, class_names=class_names, **caffe)
     save(model, dst, dtype=dtype)
     return model
