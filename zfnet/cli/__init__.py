@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import ZfnetError
 
 # Sub-command modules, in the order `zfnet --help` lists them.
-_MODULES = ("rf", "weights", "visualize", "train")
+_MODULES = ("rf", "weights", "visualize", "train", "paper")
 
 
 def build_parser() -> argparse.ArgumentParser:
