@@ -54,7 +54,8 @@ def _t(a, device):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
 
-def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | None = None):
+def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | None = None,
+         params: dict | None = None, dropout: dict | None = None):
     """``run(x, upto=None, record=None) -> tensor``: the activation ``upto`` (or the output).
 
     ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.  The
@@ -69,20 +70,27 @@ def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | N
     that precision (often ReLU zeros) they can pick different winners, and a projection
     through that window then differs.  With ``switches`` a comparison checks everything
     but that choice, which the op tests check on identical inputs.
+
+    ``params`` (state-dict key -> tensor, e.g. leaf tensors with ``requires_grad``):
+    use these instead of copies of the model's weights, so autograd reaches them (the
+    backward tests).  ``dropout`` (dropout layer name -> keep mask, e.g. from a
+    training-mode trace): apply inverted dropout with these masks; without it dropout
+    is the identity.  A layer type the twin does not know raises ``TypeError``.
     """
     weights = {}
     for layer in model.layers:
-        for conv in _convs(layer):
-            weights[conv.name] = (_t(conv.weight, device), _t(conv.bias, device))
-        if isinstance(layer, znn.Linear):
-            weights[layer.name] = (_t(layer.weight, device), _t(layer.bias, device))
+        for prefix, lin in [(layer.name, layer)] if isinstance(layer, znn.Linear) else _named_convs(layer):
+            if params is not None:
+                weights[lin.name] = (params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
+            else:
+                weights[lin.name] = (_t(lin.weight, device), _t(lin.bias, device))
 
     def relu(t):
         return F.relu(t) if rule is None else RuleReLU.apply(t, rule)
 
     def conv(layer, x):
         w, b = weights[layer.name]
-        x = F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
+        x = F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
         return relu(x) if layer.relu else x
 
     def run(x, upto=None, record=None):
@@ -108,7 +116,9 @@ def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | N
             elif isinstance(layer, znn.AdaptiveAvgPool2d):
                 x = F.adaptive_avg_pool2d(x, layer.output_size)
             elif isinstance(layer, znn.Dropout):
-                pass
+                if dropout is not None and layer.name in dropout:
+                    keep = torch.as_tensor(np.asarray(dropout[layer.name]), device=x.device)
+                    x = x * keep / (1 - layer.p)
             elif _convs(layer):  # a fire module: squeeze, then two expand branches concatenated
                 squeeze, e1, e3 = _convs(layer)
                 s = acts[squeeze.name] = conv(squeeze, x)
@@ -139,6 +149,14 @@ def torch_projection(model, x: np.ndarray, layer: str, units, rule: str = "decon
         act.backward(g)
         out.append(xt.grad.numpy()[0])
     return np.stack(out)
+
+
+def _named_convs(layer) -> list:
+    """``[(state-dict prefix, Conv2d)]`` of a convolution or of a fire module's three."""
+    if isinstance(layer, znn.Conv2d):
+        return [(layer.name, layer)]
+    names = ("squeeze", "expand1x1", "expand3x3")
+    return [(f"{layer.name}.{b}", conv) for b, conv in zip(names, _convs(layer))]
 
 
 def _convs(layer) -> list:

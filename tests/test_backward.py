@@ -14,7 +14,7 @@ import pytest
 
 from zfnet.errors import ConfigError
 from zfnet.models import Network, zfnet
-from zfnet.nn import LRN, AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d
+from zfnet.nn import LRN, AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
 from zfnet.ops import softmax_cross_entropy
 
 
@@ -39,30 +39,15 @@ def small_net(seed=0) -> Network:
 
 
 def torch_grads(model: Network, x: np.ndarray, labels: np.ndarray, trace):
-    """Autograd of the same loss through torch layers with our weights and dropout masks."""
+    """Autograd of the same loss through the PyTorch twin with our weights and dropout masks."""
     torch = pytest.importorskip("torch")
+    from benchmarks.torch_twin import twin
+
     F = torch.nn.functional
     params = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
-    h = xt = torch.tensor(x, requires_grad=True)
-    for layer in model.layers:
-        p = lambda a: params[f"{layer.name}.{a}"]  # noqa: E731
-        if isinstance(layer, Conv2d):
-            h = F.conv2d(h, p("weight"), p("bias"), layer.stride, layer.padding, 1, layer.groups)
-            h = F.relu(h) if layer.relu else h
-        elif isinstance(layer, MaxPool2d):
-            h = F.max_pool2d(h, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode)
-        elif isinstance(layer, LRN):
-            h = F.local_response_norm(h, layer.size, layer.alpha, layer.beta, layer.k)
-        elif isinstance(layer, AdaptiveAvgPool2d):
-            h = F.adaptive_avg_pool2d(h, layer.output_size)
-        elif isinstance(layer, Flatten):
-            h = h.flatten(1)
-        elif isinstance(layer, Linear):
-            h = F.linear(h, p("weight"), p("bias"))
-            h = F.relu(h) if layer.relu else h
-        elif isinstance(layer, Dropout):
-            keep = torch.tensor(np.asarray(trace.caches[layer.name]["keep"]))
-            h = h * keep / (1 - layer.p)
+    masks = {name: c["keep"] for name, c in trace.caches.items() if "keep" in c}
+    xt = torch.tensor(x, requires_grad=True)
+    h = twin(model, params=params, dropout=masks)(xt)
     loss = F.cross_entropy(h, torch.tensor(labels))
     loss.backward()
     return loss.item(), {k: v.grad.numpy() for k, v in params.items()}, xt.grad.numpy()
@@ -133,3 +118,13 @@ def test_training_mode_leaves_the_forward_and_deconv_unchanged():
     np.testing.assert_array_equal(ev.output, tr.output)
     sig = np.maximum(ev.activations["conv2"], 0)
     np.testing.assert_array_equal(model.deconv(sig, ev, "conv2"), model.deconv(sig, tr, "conv2"))
+
+
+def test_the_torch_twin_fails_loudly_on_a_layer_it_does_not_know():
+    """One twin for tests and benchmarks: an unknown layer is an error, never skipped."""
+    pytest.importorskip("torch")
+    from benchmarks.torch_twin import twin
+
+    net = Network([Conv2d("conv1", 3, 2, 3, rng=np.random.default_rng(0)), ReLU("relu1")], {"arch": "t"})
+    with pytest.raises(TypeError, match="relu1"):
+        twin(net)(__import__("torch").zeros(1, 3, 8, 8))

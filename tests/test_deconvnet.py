@@ -254,3 +254,30 @@ def test_rf_command_prints_the_readme_table(capsys):
     assert block is not None
     assert printed == block.group(1).strip()
     assert "conv5                3   1   1        13      139    16     20" in printed
+
+
+@pytest.mark.parametrize("composite", ["fire", "concat"])
+def test_unpadded_composite_layers_give_the_interior_activation_on_its_crop(composite):
+    """``Network.unpadded()`` removes a fire module's (or a concatenation's) padding too.
+
+    Before, the 3x3 branch kept its padding of 1, so a crop of the receptive field
+    gave a 3x3 map, not the unit's 1x1 activation.
+    """
+    from zfnet.models import Network
+    from zfnet.models.squeezenet import Fire
+    from zfnet.nn import Concat, Conv2d
+
+    rng = np.random.default_rng(3)
+    block = (Fire("fire", 4, 3, 2, 2, rng=rng) if composite == "fire" else
+             Concat("cat", [[Conv2d("b1", 4, 2, 1, rng=rng)], [Conv2d("b3", 4, 2, 3, padding=1, rng=rng)],
+                            [Conv2d("b5", 4, 1, 5, padding=2, rng=rng)]]))
+    net = Network([Conv2d("conv1", 3, 4, 3, stride=2, padding=1, rng=rng), block], {"arch": "t", "input_size": [31, 31]})
+    x = rng.standard_normal((1, 3, 31, 31))
+    layer = block.name
+    act = net.forward(x, caches=False).activations[layer]
+    for y, x_ in [(5, 7), (6, 6)]:
+        y0, x0, y1, x1 = unit_box(net, layer, y, x_, clip=False)
+        assert y0 >= 0 and x0 >= 0 and y1 <= 31 and x1 <= 31  # interior
+        out = net.unpadded().forward(x[:, :, y0:y1, x0:x1], caches=False).activations[layer]
+        assert out.shape[2:] == (1, 1)
+        np.testing.assert_allclose(out[0, :, 0, 0], act[0, :, y, x_], rtol=1e-10, atol=1e-10)

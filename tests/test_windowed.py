@@ -160,3 +160,20 @@ def test_project_units_windowed_flag(zf_trace):
     unit = [[0, int(full.activations["fc6"][0].argmax()), 0, 0]]
     np.testing.assert_array_equal(project_units(net, full, "fc6", unit, windowed=True),
                                   project_units(net, full, "fc6", unit))
+
+
+def test_a_layer_without_a_windowed_step_is_named_once_not_silent():
+    """The windowed flag falls back to the dense pass loudly: a WindowFallback warning names the layer."""
+    from zfnet.deconvnet.project import WindowFallback
+    from zfnet.nn import AdaptiveAvgPool2d, Layer
+
+    rng = np.random.default_rng(0)
+    net = Network([Conv2d("c1", 3, 2, 3, rng=rng), AdaptiveAvgPool2d("adapt", (5, 5)),
+                   Conv2d("c2", 2, 2, 3, rng=rng)], {"arch": "t", "input_size": [9, 9]})
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    with pytest.raises(WindowUnsupported, match="adapt"):
+        project_units_windowed(net, x, "c2", [[0, 0, 1, 1]])
+    with pytest.warns(WindowFallback, match="adapt"):
+        got = project_units(net, x, "c2", [[0, 0, 1, 1]], windowed=True)
+    np.testing.assert_array_equal(got, project_units(net, x, "c2", [[0, 0, 1, 1]]))
+    assert Layer.deconv_window is not Conv2d.deconv_window  # each layer owns its windowed step

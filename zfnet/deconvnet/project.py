@@ -15,6 +15,8 @@ backprop's both.  Everything else is the same code.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..backend import get_array_module
@@ -22,7 +24,11 @@ from ..errors import ConfigError, ShapeError
 from ..nn import Trace, check_rule
 from .windowed import WindowUnsupported, project_units_windowed
 
-__all__ = ["project", "project_units", "strongest_position"]
+__all__ = ["project", "project_units", "strongest_position", "WindowFallback"]
+
+
+class WindowFallback(UserWarning):
+    """``project_units(..., windowed=True)`` ran the dense pass: a layer has no windowed step."""
 
 
 def strongest_position(activation, channel: int):
@@ -109,8 +115,10 @@ def project_units(model, x_or_trace, layer: str, units, rule: str = "deconvnet",
     windowed : bool
         Compute each unit only inside its receptive field
         (:func:`~zfnet.deconvnet.windowed.project_units_windowed`): the same result up
-        to float rounding, several times faster.  Layers with no windowed step (fully
-        connected) fall back to this dense pass.
+        to float rounding, several times faster.  A fully connected ``layer`` is
+        projected densely; so is a spatial one with a layer below it that has no
+        windowed step (``deconv_window``), with a :class:`WindowFallback` warning
+        that names the layer (shown once per layer, Python's default filter).
 
     Returns
     -------
@@ -133,8 +141,8 @@ def project_units(model, x_or_trace, layer: str, units, rule: str = "deconvnet",
     if windowed and act.ndim == 4:
         try:
             return project_units_windowed(model, trace, layer, units, rule)
-        except WindowUnsupported:
-            pass  # e.g. an adaptive pooling on the way down: the dense pass handles every layer
+        except WindowUnsupported as e:  # the dense pass handles every layer: say so, then use it
+            warnings.warn(f"{model.arch}: projecting {layer} densely, not windowed: {e}", WindowFallback, stacklevel=2)
     return _project_from_trace(model, trace, layer, units, rule)
 
 

@@ -147,8 +147,11 @@ class Network:
         Raises
         ------
         WeightsError
-            Missing or unexpected keys (when ``strict``) or a shape that does not
-            match, naming the key, the expected and the found shape.
+            Missing or unexpected keys (when ``strict``), or a parameter that is not
+            floating point, naming the keys.
+        ShapeError
+            A shape that does not match, naming the key, the found and the expected
+            shape.
         """
         expected = {key: (layer, attr) for key, layer, attr in self.named_parameters()}
         missing = [k for k in expected if k not in state]
@@ -254,11 +257,24 @@ class Network:
         array, shape (N, 3, H, W)
         """
         check_rule(rule)
+        if not trace.keep_caches:
+            raise ConfigError("deconv() needs a trace recorded with caches=True (the switches and map sizes)")
+        for lay, start in self.path_down(layer):
+            signal = lay.deconv(signal, trace, rule, start=start)
+        return signal
+
+    def path_down(self, layer: str):
+        """The top-down walk from activation ``layer``: ``(top-level layer, start)`` pairs.
+
+        From the layer that records ``layer`` down to the first.  ``start`` is
+        ``layer`` for the first pair when it names an inner activation of a
+        composite layer (a fire module's ``fire2/squeeze``), else None.  The dense
+        pass (:meth:`deconv`) and the windowed one
+        (:func:`zfnet.deconvnet.project_units_windowed`) both walk it.
+        """
         top = self._index(layer)
         for i in range(top, -1, -1):
-            start = layer if i == top and layer != self.layers[i].name else None
-            signal = self.layers[i].deconv(signal, trace, rule, start=start)
-        return signal
+            yield self.layers[i], (layer if i == top and layer != self.layers[i].name else None)
 
     def backward(self, dloss, trace: Trace, input_grad: bool = True):
         """Back-propagate ``dloss = dL/d(output)`` through every layer, top to bottom.
@@ -310,10 +326,5 @@ class Network:
         activation as a 1x1 map: the "crop" method of finding top patches.
         """
         net = copy.copy(self)
-        net.layers = []
-        for layer in self.layers:
-            layer = copy.copy(layer)
-            if hasattr(layer, "padding"):
-                layer.padding = (0, 0)
-            net.layers.append(layer)
+        net.layers = [layer.unpadded() for layer in self.layers]
         return net

@@ -39,10 +39,14 @@ Iandola et al., "SqueezeNet: AlexNet-level accuracy with 50x fewer parameters an
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ..backend import get_array_module
+from ..errors import ConfigError
 from ..nn import AdaptiveAvgPool2d, Conv2d, Dropout, Flatten, Layer, MaxPool2d
+from ..nn.concat import _channels
 from .base import Network
 
 __all__ = ["Fire", "squeezenet1_0", "FIRE_CONFIG", "CAFFE_NAMES", "caffe_key_map"]
@@ -80,6 +84,7 @@ class Fire(Layer):
     """
 
     BRANCHES = ("squeeze", "expand1x1", "expand3x3")
+    _offset = 0  # set by unpadded(): where the 3x3 branch's map starts inside the 1x1 branch's
 
     def __init__(self, name: str, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int,
                  rng: np.random.Generator | None = None):
@@ -99,6 +104,9 @@ class Fire(Layer):
             trace.activations[self.squeeze.name] = s
             trace.activations[self.expand1x1.name] = e1
             trace.activations[self.expand3x3.name] = e3
+        if self._offset:  # an unpadded copy: the 1x1 map is wider than the 3x3 map by 2 * offset
+            d, (h, w) = self._offset, e3.shape[2:]
+            e1 = e1[:, :, d : d + h, d : d + w]
         return xp.concatenate([e1, e3], axis=1)  # (N, e1 + e3, H, W), 1x1 branch first
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
@@ -107,20 +115,32 @@ class Fire(Layer):
         ``start`` may be ``name`` (signal has ``e1 + e3`` channels), ``name/expand1x1``
         (``e1``), ``name/expand3x3`` (``e3``) or ``name/squeeze`` (``s``).
         """
+        return self._down(signal, start, lambda conv, sig: conv.deconv(sig, trace, rule))
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """:meth:`deconv` on a window: each branch's windowed step, the windows added."""
+        return self._down(win, start, lambda conv, w: conv.deconv_window(w, trace, rule))
+
+    def _down(self, signal, start, step):
+        """The split-project-add walk shared by :meth:`deconv` and :meth:`deconv_window`.
+
+        ``signal`` is an array or a :class:`~zfnet.nn.window.Window`;
+        ``step(conv, signal)`` is one branch convolution's step down.
+        """
         start = self.name if start is None else start
         if start == self.name:
             e1 = self.expand1x1.weight.shape[0]
-            s = (self.expand1x1.deconv(signal[:, :e1], trace, rule)
-                 + self.expand3x3.deconv(signal[:, e1:], trace, rule))  # both read the same s: add
+            s = (step(self.expand1x1, _channels(signal, 0, e1))
+                 + step(self.expand3x3, _channels(signal, e1, None)))  # both read the same s: add
         elif start == self.expand1x1.name:
-            s = self.expand1x1.deconv(signal, trace, rule)
+            s = step(self.expand1x1, signal)
         elif start == self.expand3x3.name:
-            s = self.expand3x3.deconv(signal, trace, rule)
+            s = step(self.expand3x3, signal)
         elif start == self.squeeze.name:
             s = signal
         else:
-            raise ValueError(f"{self.name} has no activation {start!r}")
-        return self.squeeze.deconv(s, trace, rule)
+            raise ConfigError(f"{self.name} has no activation {start!r}; it records {', '.join(self.names())}")
+        return step(self.squeeze, s)
 
     def backward(self, dy, trace, input_grad=True):
         """Gradient: the same split and sum as :meth:`deconv`, with each branch's backward."""
@@ -161,6 +181,18 @@ class Fire(Layer):
     def rf(self):
         """The 3x3 branch's: (3, 1, 1).  The 1x1 branch sees a centred subset of it."""
         return (3, 1, 1)
+
+    def unpadded(self):
+        """A copy with unpadded convolutions; the 1x1 branch is cropped to the 3x3 branch's map.
+
+        Without its padding of 1, the 3x3 branch's output at ``o`` reads squeezed
+        positions ``o .. o + 2``, centred on the 1x1 branch's position ``o + 1``.
+        """
+        net = copy.copy(self)
+        for b in self.BRANCHES:
+            setattr(net, b, getattr(self, b).unpadded())
+        net._offset = self.expand3x3.padding[0] - self.expand1x1.padding[0]
+        return net
 
     def rf_steps(self):
         # A chain, although the branches are parallel: the 1x1 steps add nothing to a

@@ -18,10 +18,11 @@ from .layers import (
 from .rules import RULES, check_rule, relu_rule
 from .spec import SPEC_TYPES, check_spec, layer_from_spec, spec_param_shapes
 from .trace import Trace
+from .window import Window, WindowUnsupported
 
 __all__ = [
     "Layer", "Conv2d", "MaxPool2d", "LRN", "Linear", "Dropout", "Flatten", "AdaptiveAvgPool2d",
     "ReLU", "AvgPool2d", "Softmax", "Concat", "LRN_REGIONS",
     "SPEC_TYPES", "layer_from_spec", "check_spec", "spec_param_shapes",
-    "Trace", "RULES", "relu_rule", "check_rule",
+    "Trace", "Window", "WindowUnsupported", "RULES", "relu_rule", "check_rule",
 ]

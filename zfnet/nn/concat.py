@@ -14,9 +14,12 @@ contributions add, exactly as gradients of a fan-out add).
 
 from __future__ import annotations
 
+import copy
+
 from ..backend import get_array_module
 from ..errors import ConfigError, ShapeError
 from .layers import Layer
+from .window import Window
 
 __all__ = ["Concat", "chain_rf"]
 
@@ -38,6 +41,11 @@ def chain_rf(layers) -> tuple[int, int, int] | None:
     return size, jump, pad
 
 
+def _channels(signal, lo: int, hi: int):
+    """Channels ``lo:hi`` of an array (N, C, H, W) or of a :class:`~zfnet.nn.window.Window`."""
+    return signal.channels(lo, hi) if isinstance(signal, Window) else signal[:, lo:hi]
+
+
 class Concat(Layer):
     """Branches ``[[layer, ...], ...]`` applied to one input, concatenated along channels.
 
@@ -55,6 +63,8 @@ class Concat(Layer):
     branches : list of list of Layer
         In concatenation order.  A branch may be empty (identity).
     """
+
+    _offsets = None  # set by unpadded(): where each branch's map starts inside the others'
 
     def __init__(self, name: str, branches: list[list[Layer]]):
         self.branches = [list(b) for b in branches]
@@ -76,6 +86,10 @@ class Concat(Layer):
                 if trace is not None:  # inner activations: the deconv's ReLU masks need them
                     trace.activations[layer.name] = h
             outs.append(h)
+        if self._offsets is not None:  # an unpadded copy: keep the positions every branch has
+            h = min(o.shape[2] - d for o, d in zip(outs, self._offsets))
+            w = min(o.shape[3] - d for o, d in zip(outs, self._offsets))
+            outs = [o[:, :, d : d + h, d : d + w] for o, d in zip(outs, self._offsets)]
         sizes = {tuple(o.shape[2:]) for o in outs}
         if len(sizes) > 1:
             raise ShapeError(f"{self.name}: branch outputs {[tuple(o.shape) for o in outs]} differ in size; "
@@ -94,21 +108,34 @@ class Concat(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         """Project ``signal`` from activation ``start`` (default: the concatenation) to the input."""
+        return self._down(signal, trace, start, lambda layer, sig, inner: layer.deconv(sig, trace, rule, start=inner))
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """:meth:`deconv` on a window: each branch's windowed steps, the windows added."""
+        return self._down(win, trace, start,
+                          lambda layer, w, inner: layer.deconv_window(w, trace, rule, start=inner))
+
+    def _down(self, signal, trace, start, step):
+        """The split-project-add walk shared by :meth:`deconv` and :meth:`deconv_window`.
+
+        ``signal`` is an array or a :class:`~zfnet.nn.window.Window` (both slice by
+        channel block and add); ``step(layer, signal, start)`` is one inner layer's
+        step down.
+        """
         if start is None or start == self.name:
-            widths = trace.caches[self.name]["widths"]
             total, lo = None, 0
-            for branch, width in zip(self.branches, widths):
-                part = signal[:, lo : lo + width]
+            for branch, width in zip(self.branches, trace.caches[self.name]["widths"]):
+                part = _channels(signal, lo, lo + width)
                 lo += width
                 for layer in reversed(branch):
-                    part = layer.deconv(part, trace, rule)
+                    part = step(layer, part, None)
                 total = part if total is None else total + part  # every branch read the same input: add
             return total
         b, i = self._locate(start)
         branch = self.branches[b]
         for j in range(i, -1, -1):
             inner = start if j == i and start != branch[j].name else None
-            signal = branch[j].deconv(signal, trace, rule, start=inner)
+            signal = step(branch[j], signal, inner)
         return signal
 
     def backward(self, dy, trace, input_grad=True):
@@ -171,6 +198,21 @@ class Concat(Layer):
             raise ShapeError(f"{self.name}: branches have strides {sorted(strides)}; a concatenation needs one")
         pad = max(f[2] for f in fields)
         return max(f[0] - f[2] for f in fields) + pad, strides.pop(), pad
+
+    def unpadded(self):
+        """A copy with unpadded branches whose maps are cropped to the positions they share.
+
+        Without padding, branch ``b`` (window ``(K_b, S, P_b)``) starts
+        ``(P - P_b) / S`` positions before the union window ``(K, S, P)`` of
+        :meth:`rf`; the copy drops those positions from each branch before
+        concatenating, so its output at ``o`` is the padded layer's output at the
+        unit whose field starts at ``o S`` of the (unpadded) input.
+        """
+        net = copy.copy(self)
+        net.branches = [[layer.unpadded() for layer in branch] for branch in self.branches]
+        _, stride, pad = self.rf()
+        net._offsets = [(pad - chain_rf(branch)[2]) // stride for branch in self.branches]
+        return net
 
     def rf_steps(self):
         # Inner activations have no entry: the recurrence is a chain, the branches are not.

@@ -25,6 +25,7 @@ Networks built from a Caffe file are saved and reloaded through these dicts
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -48,10 +49,11 @@ from ..ops import (
     softmax,
 )
 from ..ops._shape import conv_out_size, pair, pool_out_size
-from ..ops.avg_pool import avg_pool2d, avg_unpool2d
+from ..ops.avg_pool import avg_pool2d, avg_pool_divisor, avg_unpool2d
 from ..ops.norm import lrn_within_channel, lrn_within_channel_backward
 from .rules import relu_rule
 from .trace import Trace
+from .window import Window, WindowUnsupported, crop
 
 __all__ = [
     "Layer",
@@ -89,6 +91,22 @@ class Layer:
         """
         raise NotImplementedError
 
+    def deconv_window(self, win: Window, trace: Trace, rule: str = "deconvnet", start: str | None = None) -> Window:
+        """The windowed twin of :meth:`deconv`: the same step, computed only inside ``win``.
+
+        ``win`` holds the signal of U units, each on the window of this layer's
+        output where it can be nonzero (:class:`~zfnet.nn.window.Window`); the
+        result is the window of this layer's input.  Used by
+        :func:`zfnet.deconvnet.project_units_windowed`.
+
+        Raises
+        ------
+        WindowUnsupported
+            This layer has no windowed step (the default: fully connected layers,
+            adaptive pooling); the caller projects densely instead.
+        """
+        raise WindowUnsupported(f"layer {self.name!r} ({type(self).__name__}) has no windowed projection step")
+
     def backward(self, dy, trace: Trace, input_grad: bool = True):
         """Back-propagate ``dy = dL/d(output)``: return ``dL/d(input)``, set ``self.grads``.
 
@@ -97,6 +115,21 @@ class Layer:
         (the first layer's, which nothing uses in training).
         """
         raise NotImplementedError(f"{self.name}: {type(self).__name__} has no backward()")
+
+    def _positive(self, trace, rule: str, win: Window | None = None):
+        """The forward ReLU mask ``y > 0`` a ``rule`` needs (cropped to ``win``), or None.
+
+        The deconvnet rule ignores the forward pass, so it needs no activation: a
+        trace recorded with ``keep=`` projects with it.  The other rules need this
+        layer's activation; a trace without it is a ConfigError saying how to get one.
+        """
+        if rule == "deconvnet":
+            return None
+        if self.name not in trace.activations:
+            raise ConfigError(f"{self.name}: the {rule!r} rule needs this layer's activation, which the trace "
+                              "did not keep; record the forward pass without keep= (or keep it)")
+        act = trace.activations[self.name]
+        return (act if win is None else win.crop(act)) > 0
 
     def _training_cache(self, trace):
         """This layer's cache dict when the forward pass must save for backward, else None."""
@@ -130,6 +163,13 @@ class Layer:
     def rf(self):
         """``(kernel, stride, padding)`` along one axis; None if space ends here."""
         return (1, 1, 0)
+
+    def unpadded(self) -> "Layer":
+        """A copy with no padding (parameters shared): see :meth:`zfnet.models.Network.unpadded`."""
+        layer = copy.copy(self)
+        if hasattr(layer, "padding"):
+            layer.padding = (0, 0)
+        return layer
 
     def rf_steps(self) -> list[tuple[str, tuple[int, int, int] | None]]:
         """``[(activation name, rf triple)]`` in order; composite layers list their parts."""
@@ -237,9 +277,27 @@ class Conv2d(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         if self.relu:
-            signal = relu_rule(signal, trace.activations[self.name] > 0, rule)
+            signal = relu_rule(signal, self._positive(trace, rule), rule)
         return conv_transpose2d(signal, self.filters(), None, self.stride, self.padding, self.groups,
                                 output_size=trace.caches[self.name]["in_hw"])
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """Rectify by ``rule``, then the transposed filters with no padding, then drop what left the map."""
+        xp = get_array_module(win.sig)
+        sig = win.sig
+        u = sig.shape[0]
+        if self.relu:
+            sig = relu_rule(sig, self._positive(trace, rule, win), rule)
+        weight = self.filters()  # the weight, or with dilation the filter with zeros between taps
+        if self.groups == 1:
+            # Channels that are zero in every window add nothing: leave them out of the GEMM.
+            # (Near the top most are: a conv5 unit's signal is one channel.)
+            live = xp.flatnonzero(sig.reshape(u, sig.shape[1], -1).any(axis=(0, 2)))
+            if 2 * len(live) <= sig.shape[1]:
+                sig, weight = sig[:, live], weight[live]
+        # padding 0: keep every position the filters reach; the origin moves by the padding instead
+        sig = conv_transpose2d(sig, weight, None, self.stride, 0, self.groups)  # (U, C_in, (h-1)sH+kH, (w-1)sW+kW)
+        return win.down(sig, self.stride, self.padding, trace.caches[self.name]["in_hw"])
 
     def backward(self, dy, trace, input_grad=True):
         """``dz = dy * [y > 0]``; ``dw``, ``db`` from :func:`conv2d_weight_grad`; ``dx = conv_transpose2d(dz, w)``.
@@ -310,6 +368,24 @@ class MaxPool2d(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return max_unpool2d(signal, trace.switches[self.name], trace.caches[self.name]["in_hw"])
 
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """Unpool into the window of the pooling input, with the switches made local to it."""
+        xp = get_array_module(win.sig)
+        _, _, h, w = win.sig.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        size = tuple(trace.caches[self.name]["in_hw"])
+        oy, ox = win.oy * sh - ph, win.ox * sw - pw
+        hi, wi = (h - 1) * sh + kh, (w - 1) * sw + kw
+        switches = win.crop(trace.switches[self.name])  # (U, C, h, w), flat in (H, W)
+        rows = switches // size[1]
+        # local flat index (row - oy) * wi + (col - ox), with col = switch - row * W
+        local = switches - rows * (size[1] - wi) - xp.asarray(oy * wi + ox).reshape(-1, 1, 1, 1)
+        if win.overhangs():
+            # positions past the map hold no switch (the crop filled 0); their signal is 0, so
+            # any index inside the window will do
+            local = xp.where(win.valid(), local, 0)
+        return Window(max_unpool2d(win.sig, local, (hi, wi)), oy, ox, size, win.images)
+
     def backward(self, dy, trace, input_grad=True):
         """The gradient of max pooling is unpooling with the switches (scatter-add)."""
         (in_hw,) = self._saved(trace, "in_hw")
@@ -376,6 +452,9 @@ class LRN(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal
 
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        return win  # passed through, as in deconv
+
     def backward(self, dy, trace, input_grad=True):
         """The true gradient (``lrn_backward`` or ``lrn_within_channel_backward``), unlike ``deconv``."""
         if not input_grad:
@@ -428,7 +507,7 @@ class Linear(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         if self.relu:
-            signal = relu_rule(signal, trace.activations[self.name] > 0, rule)
+            signal = relu_rule(signal, self._positive(trace, rule), rule)
         return signal @ self.weight  # (N, F_in): the transposed "filter"
 
     def params(self):
@@ -478,6 +557,9 @@ class Dropout(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        return win  # passed through, as in deconv
 
     def backward(self, dy, trace, input_grad=True):
         """Mask and scale ``dy`` like the forward pass; identity if the forward was (eval, p=0)."""
@@ -606,7 +688,11 @@ class ReLU(Layer):
         return y
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
-        return relu_rule(signal, trace.activations[self.name] > 0, rule)
+        return relu_rule(signal, self._positive(trace, rule), rule)
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """The rule on the window, with the forward mask cropped to it."""
+        return win.like(relu_rule(win.sig, self._positive(trace, rule, win), rule))
 
     def backward(self, dy, trace, input_grad=True):
         """``dx = dy * [y > 0]``."""
@@ -652,6 +738,20 @@ class AvgPool2d(Layer):
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return avg_unpool2d(signal, trace.caches[self.name]["in_hw"], *self._args())
 
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        """Average unpooling on the window: divide by each position's divisor, spread with a box filter."""
+        xp = get_array_module(win.sig)
+        u, c, h, w = win.sig.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        size = tuple(trace.caches[self.name]["in_hw"])
+        div = avg_pool_divisor(xp, size, (kh, kw), (sh, sw), (ph, pw), win.size)  # (H_out, W_out)
+        # the divisors under each window; positions past the map hold no signal, so 1 will do there
+        local = crop(xp.broadcast_to(div, (1, 1) + div.shape), np.zeros(u, np.int64), win.oy, win.ox, h, w)
+        local = xp.where(local > 0, local, 1).astype(win.sig.dtype)  # (U, 1, h, w)
+        box = xp.ones((c, 1, kh, kw), dtype=win.sig.dtype)  # one box filter per channel (groups = C)
+        sig = conv_transpose2d(win.sig / local, box, None, (sh, sw), 0, c)  # (U, C, (h-1)sH+kH, (w-1)sW+kW)
+        return win.down(sig, self.stride, self.padding, size)
+
     def backward(self, dy, trace, input_grad=True):
         """Averaging is linear: its gradient is its adjoint, the ``deconv`` step."""
         (in_hw,) = self._saved(trace, "in_hw")
@@ -695,6 +795,9 @@ class Softmax(Layer):
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
         return signal
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        return win  # passed through, as in deconv
 
     def backward(self, dy, trace, input_grad=True):
         if not input_grad:
