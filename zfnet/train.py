@@ -476,9 +476,17 @@ def evaluate(model, images, labels, *, batch_size: int = 100, input_size: int | 
 
 
 def _norm(preprocess: dict | None) -> dict:
+    """The normalisation part of a preprocessing dict, read by :class:`zfnet.data.TransformConfig`.
+
+    One source of defaults (ImageNet's RGB mean/std on 0..1) and of checks, shared
+    with :meth:`zfnet.models.Network.transform`; the geometry keys are not read here
+    (``evaluate`` sees each image whole at ``input_size``).
+    """
+    from .data import TransformConfig
+
     p = preprocess or {}
-    return {"mean": tuple(p.get("mean", IMAGENET_MEAN)), "std": tuple(p.get("std", IMAGENET_STD)),
-            "scale": float(p.get("scale", 1.0 / 255.0)), "channel_order": str(p.get("channel_order", "RGB")).upper()}
+    cfg = TransformConfig.from_dict({k: p[k] for k in ("mean", "std", "scale", "channel_order") if k in p})
+    return {"mean": cfg.mean, "std": cfg.std, "scale": cfg.scale, "channel_order": cfg.channel_order}
 
 
 # ------------------------------------------------------------------- checkpoints

@@ -37,12 +37,12 @@ def load_model(weights: str | os.PathLike | None, arch: str | None = None, proto
     the one inside the ``.caffemodel``, and a ``.binaryproto`` mean image.
 
     With ``weights=None`` the model keeps its random initialisation (the label
-    says so).  Loading goes through ``zfnet.weights.load`` when that exists (it
-    knows every supported format); otherwise a native ``.npz`` state dict
-    (``conv1.weight`` ... keys) is read with ``allow_pickle=False``.
+    says so).  Loading goes through :func:`zfnet.weights.load`, which knows every
+    supported format.
     """
     from ..errors import WeightsError
     from ..models import build
+    from ..weights import load
 
     if weights is None:
         model = build(arch or "zfnet")
@@ -51,23 +51,8 @@ def load_model(weights: str | os.PathLike | None, arch: str | None = None, proto
     if not path.is_file():
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     digest = _sha256(path)
-    try:
-        from ..weights import load as _load  # the weights issue's loader
-    except ImportError:
-        _load = None
-    if _load is not None:
-        extra = {k: v for k, v in (("arch", arch), ("prototxt", prototxt), ("mean", mean)) if v}
-        model = _load(path, **extra)
-    else:
-        model = build(arch or "zfnet")
-        if path.suffix != ".npz":
-            raise WeightsError(f"{path}: this build reads only native .npz state dicts")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                state = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise WeightsError(f"{path}: not a readable .npz ({e})") from None
-        model.load_state_dict(state, source=str(path))
+    extra = {k: v for k, v in (("arch", arch), ("prototxt", prototxt), ("mean", mean)) if v}
+    model = load(path, **extra)
     return model, f"{model.arch} weights {path.name} (sha256 {digest[:12]})", digest
 
 
@@ -395,12 +380,12 @@ def run_filters_cmd(args: argparse.Namespace) -> int:
 
     from ..figures import fc_row_tiles, filter_grid, grid, save_png
     from ..figures.render import caption
-    from ..figures.top9 import first_layer_weight, transform_for
+    from ..figures.top9 import first_layer_weight
 
     t0 = time.perf_counter()
     weights, arch, _ = resolve_weights(args)
     model, label, _ = load_model(weights, arch, args.prototxt, args.mean)
-    order = transform_for(model).config.channel_order
+    order = model.transform().config.channel_order
     scalings = ("per-filter", "shared") if args.scaling == "both" else (args.scaling,)
     named = _filters_paths(args.out, args.scaling)  # None: --out is a folder
 
@@ -441,14 +426,13 @@ def run_featuremaps_cmd(args: argparse.Namespace) -> int:
 
     from ..backend import asnumpy, to_device
     from ..figures import feature_map_figure, save_png
-    from ..figures.top9 import transform_for
 
     t0 = time.perf_counter()
     weights, arch, _ = resolve_weights(args)
     model, label, _ = load_model(weights, arch, args.prototxt, args.mean)
     _check_layers(model, [args.layer], "--layer")
     _prepare(model, args.device)
-    t = transform_for(model)
+    t = model.transform()
     with tqdm(total=2, desc="featuremaps", unit="step") as bar:
         picture = t.geometry(args.image)
         x = t(args.image)[None]  # (1, 3, H, W)

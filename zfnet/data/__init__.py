@@ -20,6 +20,8 @@ from .images import (
     walk_files,
 )
 from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Batch,
     ImageBatches,
     Note,
@@ -33,6 +35,8 @@ from .transforms import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "DEFAULT_MAX_PIXELS",
     "SKIP_KINDS",
     "ImageFolder",

@@ -44,7 +44,14 @@ from PIL import Image
 from ..errors import ConfigError, ShapeError
 from .images import SKIP_KINDS, ImageFolder, ImageReadError, display_path, open_image, to_rgb
 
+# ImageNet's RGB mean and standard deviation on 0..1 pixels (torchvision's
+# normalisation): the one copy every default and converter uses.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "TransformConfig",
     "Transform",
     "resize_and_crop",
@@ -124,8 +131,8 @@ class TransformConfig:
     input_size: tuple[int, int] = (224, 224)
     resize: int | None = 256
     channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     scale: float = 1.0 / 255.0
     interpolation: str = "bilinear"
 

@@ -45,12 +45,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..backend import asnumpy, get_array_module
-from ..data import Transform
-from ..deconvnet import project_units, receptive_fields, unit_box
-from ..deconvnet.patches import crop_with_border, display_projection
+from ..backend import asnumpy
+from ..deconvnet.crops import unit_crops
 from ..errors import ConfigError, ShapeError
 from .evolution import preprocess_images, strongest_units
+from .units import display_projection
 from .fig2 import select_units
 from .filters import filter_grid
 from .measures import LOW_FREQUENCY_CUTOFF, low_frequency_fraction
@@ -151,7 +150,7 @@ def layer_projections(model, x, layer: str = "conv2", units: int | Sequence[int]
         outside), ``crops`` (float (3, h, w) projections clipped to the image, for
         measuring).
     """
-    xp = get_array_module(model.layers[0].params()["weight"])
+    xp = model.xp
     best = best or strongest_units(model, x, [layer], batch_size=batch_size)
     vals, us = best[layer]
     chosen = select_units(layer, vals, units if not isinstance(units, (int, np.integer)) else int(units), seed)
@@ -160,17 +159,12 @@ def layer_projections(model, x, layer: str = "conv2", units: int | Sequence[int]
     trace = model.forward(xp.asarray(x[imgs]), upto=layer)
     local = sel.copy()
     local[:, 0] = inverse.reshape(-1)
-    proj = asnumpy(project_units(model, trace, layer, local))  # (U, 3, H, W)
-    rfs = receptive_fields(model)
-    transform = Transform(model.config)
-    size = tuple(x.shape[2:])
+    transform = model.transform()
     tiles, crops = [], []
-    for u in range(len(sel)):
-        y, xx = int(sel[u, 2]), int(sel[u, 3])
-        crop, inside = crop_with_border(proj[u].transpose(1, 2, 0), unit_box(rfs, layer, y, xx, clip=False))
-        tiles.append(display_projection(crop.transpose(2, 0, 1), transform, inside, "symmetric"))
-        y0, x0, y1, x1 = unit_box(rfs, layer, y, xx, image_size=size, clip=True)
-        crops.append(proj[u][:, y0:y1, x0:x1])
+    for c in unit_crops(model, trace, layer, local):
+        tiles.append(display_projection(c.raw, transform, c.inside, "symmetric"))
+        rows, cols = np.flatnonzero(c.inside.any(axis=1)), np.flatnonzero(c.inside.any(axis=0))
+        crops.append(c.raw[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])  # clipped to the image
     return {"channels": chosen, "units": sel, "values": [float(vals[c]) for c in chosen],
             "tiles": tiles, "crops": crops}
 

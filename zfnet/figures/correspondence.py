@@ -403,8 +403,6 @@ def correspondence(
     ----------
     Zeiler & Fergus (2014), section 4.3 and Table 1.
     """
-    from .top9 import transform_for
-
     if len(items) < 2:
         raise ConfigError(f"correspondence needs at least 2 images, got {len(items)}")
     if not (isinstance(mask_scale, (int, float)) and np.isfinite(mask_scale) and mask_scale > 0):
@@ -417,7 +415,7 @@ def correspondence(
     for name in layers:
         check_layer(model, name)
     keys = ("layer5", "layer7")
-    config = transform_for(model).config
+    config = model.transform().config
     root = Path(images_root)
     rng = np.random.default_rng(seed)
     signs: dict[str, dict[str, list]] = {row: {name: [] for name in layers} for row in PARTS}

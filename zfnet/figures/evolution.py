@@ -12,7 +12,7 @@ Rows are units, columns are epochs, one block per layer::
 
 Each projection is cropped to the unit's receptive field (unclipped: the part
 outside the image is a checkerboard) and contrast-stretched on its own (see
-:func:`zfnet.deconvnet.patches.display_projection`).  Units are chosen at the LAST
+:func:`zfnet.figures.units.display_projection`).  Units are chosen at the LAST
 checkpoint with :func:`zfnet.figures.select_units` (a reproducible random draw
 among channels that fire at all), so the columns show those units growing into
 what they finally detect.
@@ -31,13 +31,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backend import asnumpy, get_array_module
-from ..data import Transform
-from ..deconvnet import project_units, receptive_fields, unit_box
-from ..deconvnet.patches import crop_with_border, display_projection
+from ..deconvnet.crops import unit_crops
+from ..deconvnet.topk import TopK
 from ..errors import ConfigError, ShapeError
 from .fig2 import select_units
 from .render import PAGE, caption, fit_tile, grid, hstack, vstack
+from .units import display_projection
 
 __all__ = ["preprocess_images", "strongest_units", "project_strongest", "evolution_figure", "text_panel"]
 
@@ -45,8 +44,8 @@ __all__ = ["preprocess_images", "strongest_units", "project_strongest", "evoluti
 def preprocess_images(model, images) -> np.ndarray:
     """uint8 ``(N, H, W, 3)`` RGB pictures -> ``(N, 3, h, w)`` float32 inputs for ``model``.
 
-    Uses the preprocessing in ``model.config`` (:class:`zfnet.data.Transform`); an
-    array that is already float ``(N, 3, h, w)`` is returned as it is.
+    Uses the model's preprocessing (:meth:`Network.transform <zfnet.models.Network.transform>`);
+    an array that is already float ``(N, 3, h, w)`` is returned as it is.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -55,12 +54,15 @@ def preprocess_images(model, images) -> np.ndarray:
         return images.astype(np.float32, copy=False)
     if images.ndim != 4 or images.shape[3] != 3:
         raise ShapeError(f"images must be uint8 (N, H, W, 3), got shape {images.shape}")
-    t = Transform(model.config)
+    t = model.transform()
     return np.stack([t(im) for im in images])  # (N, 3, h, w)
 
 
 def strongest_units(model, x, layers: Sequence[str], channels: dict | None = None, batch_size: int = 32):
     """For every channel of each layer, its strongest activation over the images ``x``.
+
+    The top-1 of :class:`~zfnet.deconvnet.topk.TopK` (``k=1``), mined over ``x`` in
+    batches: the same miner as ``zfnet top9``.
 
     Parameters
     ----------
@@ -77,28 +79,22 @@ def strongest_units(model, x, layers: Sequence[str], channels: dict | None = Non
         ``{layer: (values (C,), units (C, 4))}`` with ``units[c] = (image, c, y, x)``,
         ties to the lower image index and then the first position.
     """
-    xp = get_array_module(model.layers[0].params()["weight"])
-    best = {}
+    xp = model.xp
     top = max((model.layer_names().index(name), name) for name in layers)[1]
     model.eval()
+    table = None
     for lo in range(0, len(x), batch_size):
         trace = model.forward(xp.asarray(x[lo : lo + batch_size]), upto=top, keep=layers, caches=False)
-        for name in layers:
-            act = trace.activations[name]  # (n, C, h, w)
-            if act.ndim != 4:
-                raise ConfigError(f"{name} is not a spatial layer; Fig. 4 shows convolutional layers")
-            n, c, h, w = act.shape
-            flat = act.transpose(1, 0, 2, 3).reshape(c, n * h * w)  # (C, n*h*w): image-major order
-            arg = asnumpy(flat.argmax(axis=1))
-            val = asnumpy(flat.max(axis=1))
-            img, pos = np.divmod(arg, h * w)
-            units = np.stack([img + lo, np.arange(c), pos // w, pos % w], axis=1).astype(np.int64)
-            if name not in best:
-                best[name] = (val, units)
-            else:
-                old_v, old_u = best[name]
-                better = val > old_v  # strict: an earlier image keeps a tie
-                best[name] = (np.where(better, val, old_v), np.where(better[:, None], units, old_u))
+        if table is None:
+            for name in layers:
+                if trace.activations[name].ndim != 4:
+                    raise ConfigError(f"{name} is not a spatial layer; Fig. 4 shows convolutional layers")
+            table = TopK({name: trace.activations[name].shape[1:] for name in layers}, k=1)
+        table.update_all(trace.activations, np.arange(lo, lo + len(trace.activations[top])))
+    best = {}
+    for name, t in table.layers.items():
+        units = np.stack([t.images[:, 0], np.arange(t.channels), t.ys[:, 0], t.xs[:, 0]], axis=1).astype(np.int64)
+        best[name] = (t.values[:, 0].copy(), units)  # (C,), (C, 4)
     if channels is not None:
         best = {k: (v[channels[k]], u[channels[k]]) for k, (v, u) in best.items() if k in channels}
     return best
@@ -110,21 +106,14 @@ def project_strongest(model, x, layer: str, units: np.ndarray, scaling: str = "s
     Returns a list of uint8 ``(h, w, 3)`` tiles, one per unit, each the receptive
     field of its unit (checkerboard outside the image).
     """
-    xp = get_array_module(model.layers[0].params()["weight"])
+    xp = model.xp
     units = np.asarray(units, np.int64).reshape(-1, 4)
     imgs, inverse = np.unique(units[:, 0], return_inverse=True)
     trace = model.forward(xp.asarray(x[imgs]), upto=layer)  # only the winning images, with switches
     local = units.copy()
     local[:, 0] = inverse.reshape(-1)
-    proj = asnumpy(project_units(model, trace, layer, local))  # (U, 3, H, W)
-    rfs = receptive_fields(model)
-    transform = Transform(model.config)
-    tiles = []
-    for u in range(len(units)):
-        box = unit_box(rfs, layer, int(units[u, 2]), int(units[u, 3]), clip=False)
-        crop, inside = crop_with_border(proj[u].transpose(1, 2, 0), box)  # (h, w, 3)
-        tiles.append(display_projection(crop.transpose(2, 0, 1), transform, inside, scaling))
-    return tiles
+    transform = model.transform()
+    return [display_projection(c.raw, transform, c.inside, scaling) for c in unit_crops(model, trace, layer, local)]
 
 
 def evolution_figure(
@@ -187,7 +176,7 @@ def evolution_figure(
         for name in layers:
             vals, us = best[name]
             sel = np.asarray(chosen[name], np.int64)
-            tiles = project_strongest(model, xm, name, us[sel])
+            tiles = project_strongest(model, xm, name, us[sel], scaling)
             for r, c in enumerate(sel):
                 cells[name][r][col] = (fit_tile(tiles[r], tile), us[c], float(vals[c]))
     blocks = []

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..deconvnet.patches import UnitView
+from .units import UnitView
 from ..errors import ConfigError
 from .render import PAGE, caption, fit_tile, grid, hstack, vstack
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data.images import display_path
-from ..deconvnet.patches import UnitView
+from .units import UnitView
 from .render import save_png
 
 __all__ = ["write_gallery", "context_picture"]

@@ -243,11 +243,9 @@ def invariance_curves(
         norm = np.linalg.norm(f[0])
         d = np.linalg.norm(f[1:] - f[0], axis=1)
         distances[name] = d / norm if norm > 0 else np.full(len(values), np.nan)
-    from .top9 import transform_for
-
     return InvarianceCurves(kind=kind, values=values, layers=layers, distances=distances,
                             probability=probs[1:, label], top_class=probs[1:].argmax(axis=1).astype(np.int64),
-                            label=label, label_from=label_from, pictures=transform_for(model).inverse(batch))
+                            label=label, label_from=label_from, pictures=model.transform().inverse(batch))
 
 
 def _strip(curves: Sequence[InvarianceCurves], samples: int = 5, tile: int = 44) -> tuple[np.ndarray, list]:

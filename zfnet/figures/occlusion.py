@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..backend import asnumpy, get_array_module
+from ..backend import asnumpy
 from ..errors import ConfigError, DataError, ShapeError
 from .render import PAGE, caption, fit_tile, grid
 
@@ -84,13 +84,6 @@ DEFAULT_STRIDE = 8
 
 # -- helpers shared by the section-4 figures ------------------------------------------
 
-def _xp(model):
-    """The array module of the model's parameters (numpy or cupy)."""
-    for _, layer, attr in model.named_parameters():
-        return get_array_module(layer.params()[attr])
-    return np
-
-
 def as_input(model, image) -> tuple[np.ndarray, np.ndarray]:
     """One picture as the network input and as the picture the network sees.
 
@@ -103,13 +96,11 @@ def as_input(model, image) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     x : float32 ndarray (3, H, W)
-        After the model's preprocessing (:func:`zfnet.figures.top9.transform_for`).
+        After the model's preprocessing (:meth:`Network.transform <zfnet.models.Network.transform>`).
     picture : uint8 ndarray (H, W, 3)
         RGB, what ``x`` shows (for drawing).
     """
-    from .top9 import transform_for
-
-    t = transform_for(model)
+    t = model.transform()
     if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ShapeError(f"a preprocessed image must be float (3, H, W), got shape {image.shape}")
@@ -237,7 +228,7 @@ def forward_batches(
     """
     from ..ops.activation import softmax
 
-    xp = _xp(model)
+    xp = model.xp
     model.eval()
     if isinstance(x, np.ndarray):
         batches: Iterable[np.ndarray] = [x[lo: lo + batch_size] for lo in range(0, len(x), batch_size)]
@@ -526,21 +517,19 @@ def map_projections(
         without ``maps.layer``.
     """
     from ..data import ImageFolder
-    from ..deconvnet import project_units, receptive_fields, unit_box
-    from ..deconvnet.patches import crop_with_border, display_projection, unit_views
-    from .top9 import transform_for
+    from ..deconvnet import receptive_fields
+    from ..deconvnet.crops import unit_crops
+    from .units import display_projection, unit_views
 
-    xp = _xp(model)
-    transform = transform_for(model)
+    xp = model.xp
+    transform = model.transform()
     rfs = receptive_fields(model)
     if maps.layer not in rfs:
         raise ConfigError(f"{maps.layer} has no receptive field in {model.arch}; panel (c) needs a spatial layer")
     y, x = maps.base["position"]
     units = np.array([[0, maps.channel, y, x]], np.int64)
-    proj = asnumpy(project_units(model, xp.asarray(maps.x[None]), maps.layer, units, rule=rule, windowed=True))
-    box = unit_box(rfs, maps.layer, y, x, clip=False)
-    raw, inside = crop_with_border(proj[0].transpose(1, 2, 0), box)
-    tiles = [(display_projection(raw.transpose(2, 0, 1), transform, inside), "this image")]
+    (c,) = unit_crops(model, xp.asarray(maps.x[None]), maps.layer, units, rule=rule, windowed=True)
+    tiles = [(display_projection(c.raw, transform, c.inside), "this image")]
     if top9 is None or others < 1:
         return tiles
     top9 = Path(top9)

@@ -28,10 +28,9 @@ import numpy as np
 
 from .._files import atomic_write, output_lock, remove_stale_parts
 from ..backend import to_device as _to_device
-from ..data import ImageBatches, ImageFolder, ImageReadError, Transform, TransformConfig, summarize_skips
+from ..data import ImageBatches, ImageFolder, ImageReadError, Transform, summarize_skips
 from ..data.images import display_path
 from ..data.transforms import Skipped
-from ..deconvnet.patches import UnitView, unit_views
 from ..deconvnet.receptive_field import receptive_fields, unit_box
 from ..deconvnet.topk import TopK, mine, paths_digest
 from ..errors import ConfigError
@@ -39,33 +38,14 @@ from .fig2 import layer_figure, select_units, unit_block
 from .filters import filter_grid, filter_tiles
 from .gallery import _slug, write_gallery
 from .render import save_png
+from .units import UnitView, unit_views
 
 __all__ = ["transform_for", "first_layer_weight", "activation_shapes", "run_top9", "Top9Result", "peak_rss_mib"]
 
 
 def transform_for(model) -> Transform:
-    """The preprocessing that goes with ``model``'s weights.
-
-    Looked up, in order: ``model.transform_config`` (a :class:`TransformConfig`, set
-    by the weights loader), ``model.config["preprocess"]`` (a dict), the
-    preprocessing keys at the top of ``model.config``; missing keys take
-    :class:`TransformConfig`'s defaults except ``input_size``, which is the model's.
-    """
-    cfg = getattr(model, "transform_config", None)
-    if isinstance(cfg, TransformConfig):
-        return Transform(cfg)
-    meta = dict(model.config.get("preprocess") or {})
-    for key in TransformConfig._KEYS:
-        if key not in meta and key in model.config:
-            meta[key] = model.config[key]
-    if "input_size" not in meta and "crop" not in meta:
-        meta["input_size"] = list(model.input_size)
-    size = meta.get("input_size", meta.get("crop"))
-    if "resize" not in meta:
-        # Default: the usual 256 for a 224 crop, scaled for other crops.
-        side = max(size) if isinstance(size, (list, tuple)) else int(size)
-        meta["resize"] = max(side, int(round(side * 256 / 224)))
-    return Transform(TransformConfig.from_dict(meta))
+    """The preprocessing that goes with ``model``'s weights: :meth:`Network.transform <zfnet.models.Network.transform>`."""
+    return model.transform()
 
 
 def first_layer_weight(model) -> tuple[str, np.ndarray] | None:

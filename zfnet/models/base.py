@@ -50,6 +50,17 @@ class Network:
     def num_classes(self) -> int:
         return int(self.config.get("num_classes", 1000))
 
+    @property
+    def xp(self):
+        """The array module of the parameters: ``numpy``, or ``cupy`` after ``to("gpu")``.
+
+        The one answer to "where does this model compute?"; a network without
+        parameters computes with NumPy.
+        """
+        for _, layer, attr in self.named_parameters():
+            return get_array_module(layer.params()[attr])
+        return np
+
     def layer_names(self) -> list[str]:
         """Every activation name, bottom to top (composite layers list their parts)."""
         return [n for layer in self.layers for n in layer.names()]
@@ -123,9 +134,33 @@ class Network:
         -------
         ndarray, float32, (3, H, W)
         """
-        from ..data import Transform
+        return self.transform()(image)
 
-        return Transform(self.config)(image)
+    def transform(self):
+        """The preprocessing that goes with these weights, as a :class:`zfnet.data.Transform`.
+
+        The one source of a model's preprocessing: :meth:`preprocess`, the figures,
+        the command line and :func:`zfnet.train.evaluate` (given ``model.config``)
+        all read it from here.  Looked up, in order: ``config["preprocess"]`` (a
+        dict), the preprocessing keys at the top of :attr:`config` (``input_size``
+        or ``crop``, ``resize``, ``channel_order``, ``mean``, ``std``, ``scale``,
+        ``interpolation``); a missing key takes :class:`zfnet.data.TransformConfig`'s
+        default, except ``input_size`` (the model's) and ``resize`` (the usual 256
+        for a 224 crop, scaled for other crops: ``max(S, round(256 S / 224))``).
+        """
+        from ..data import Transform, TransformConfig
+
+        meta = dict(self.config.get("preprocess") or {})
+        for key in TransformConfig._KEYS:
+            if key not in meta and key in self.config:
+                meta[key] = self.config[key]
+        if "input_size" not in meta and "crop" not in meta:
+            meta["input_size"] = list(self.input_size)
+        size = meta.get("input_size", meta.get("crop"))
+        if "resize" not in meta:
+            side = max(size) if isinstance(size, (list, tuple)) else int(size)
+            meta["resize"] = max(side, int(round(side * 256 / 224)))
+        return Transform(TransformConfig.from_dict(meta))
 
     # -- parameters -----------------------------------------------------------
     def named_parameters(self) -> Iterable[tuple[str, Layer, str]]:

@@ -72,7 +72,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .._files import atomic_write
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, WeightsError
+from ..models import ARCHITECTURES
 from ..models.caffe_graph import CAFFE_GRAPH, graph_network
 from .caffe import read_caffe_net
 from .caffe_net import caffe_blobs, caffe_network, has_definition, prototxt_layers
@@ -98,7 +100,7 @@ CAFFE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"
 
 TORCHVISION_PREPROCESS = {
     "input_size": [224, 224], "crop": [224, 224], "resize": 256, "channel_order": "RGB",
-    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "scale": 1.0 / 255.0,
+    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "scale": 1.0 / 255.0,
 }
 # BVLC's ilsvrc_2012_mean averaged per channel, rounded as everyone uses it.
 CAFFE_PREPROCESS = {
@@ -108,7 +110,7 @@ CAFFE_PREPROCESS = {
 
 _ARCH_ALIASES = {"alexnet-caffe": "alexnet", "caffenet": "alexnet", "zf": "zfnet",
                  "squeezenet": "squeezenet1_0"}
-_ARCHS = ("zfnet", "alexnet", "alexnet-torchvision", "squeezenet1_0")
+_ARCHS = ARCHITECTURES
 # Max expansion of a deflate stream (RFC 1951): an archive member cannot honestly
 # decompress to more than this many times its compressed size.
 _DEFLATE_RATIO = 1032
