@@ -106,22 +106,20 @@ def conv_inputs(draw):
 
 
 def readable_conv2d(x, w, b, stride, padding, groups):
-    """The readable path of ops.conv2d: im2col, one batched GEMM per group."""
-    n, c = x.shape[:2]
-    o, cg, kh, kw = w.shape
-    cols = ops.im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
-    ho, wo = cols.shape[-2:]
-    y = np.matmul(w.reshape(groups, o // groups, -1), cols.reshape(n, groups, cg * kh * kw, ho * wo))
-    y = y.reshape(n, o, ho, wo)
-    return y if b is None else y + b.reshape(1, o, 1, 1)
+    """The readable path of ops.conv2d (``_conv2d_im2col``: im2col, one batched GEMM per group)."""
+    from zfnet.ops._shape import conv_out_size
+    from zfnet.ops.conv import _conv2d_im2col
+
+    kh, kw = w.shape[2:]
+    size = tuple(conv_out_size(n, k, s, p) for n, k, s, p in zip(x.shape[2:], (kh, kw), stride, padding))
+    return _conv2d_im2col(x, w, b, stride, padding, groups, size)
 
 
 def readable_conv_transpose2d(y, w, stride, padding, groups, size):
-    n, o, hi, wi = y.shape
-    _, cg, kh, kw = w.shape
-    wmat = w.reshape(groups, o // groups, -1)
-    cols = np.matmul(wmat.transpose(0, 2, 1), y.reshape(n, groups, o // groups, hi * wi))
-    return ops.col2im(cols.reshape(n, cg * groups, kh, kw, hi, wi), size, stride, padding)
+    """The readable path of ops.conv_transpose2d (``_conv_transpose2d_col2im``)."""
+    from zfnet.ops.conv import _conv_transpose2d_col2im
+
+    return _conv_transpose2d_col2im(y, w, None, stride, padding, groups, tuple(size))
 
 
 @given(conv_inputs(), st.sampled_from([1, 1 << 23]))

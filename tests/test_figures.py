@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -218,10 +219,21 @@ def test_gallery_links_resolve(top9_run) -> None:
     assert "img 0" in page and "&amp;.png" in page  # image names are shown, escaped
 
 
-def test_resume_through_the_pipeline(tiny_images: Path, tmp_path: Path, top9_run) -> None:
+def _interrupted_top9(monkeypatch, after: int, *args, **kw) -> None:
+    """run_top9 stopped by KeyboardInterrupt after ``after`` mining batches (a killed run)."""
+    from zfnet.figures import top9
+
+    monkeypatch.setattr(top9, "_INTERRUPT_AFTER", after)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_top9(*args, **kw)
+    finally:
+        monkeypatch.setattr(top9, "_INTERRUPT_AFTER", None)
+
+
+def test_resume_through_the_pipeline(tiny_images: Path, tmp_path: Path, top9_run, monkeypatch) -> None:
     kw = dict(layers=["c1", "c2"], k=4, units=3, batch_size=4, workers=0, progress=False, gallery=False, tile=24)
-    with pytest.raises(KeyboardInterrupt):
-        run_top9(tiny_net(), tiny_images, tmp_path, interrupt_after=2, **kw)
+    _interrupted_top9(monkeypatch, 2, tiny_net(), tiny_images, tmp_path, **kw)
     resumed = run_top9(tiny_net(), tiny_images, tmp_path, resume=True, **kw)
     assert resumed.resumed_from == 8
     a = json.loads((tmp_path / "top9.json").read_text())["results"]
@@ -449,7 +461,7 @@ def test_outputs_are_atomic_and_leftovers_of_a_killed_run_are_cleaned(tiny_image
     assert leftovers == []  # no .part files, no half-built galleries, no lock
 
 
-def test_resume_after_files_were_deleted_keeps_the_indices(tiny_images: Path, tmp_path: Path) -> None:
+def test_resume_after_files_were_deleted_keeps_the_indices(tiny_images: Path, tmp_path: Path, monkeypatch) -> None:
     """--resume over a folder that only lost files continues over the list it started with."""
     import shutil
 
@@ -457,8 +469,7 @@ def test_resume_after_files_were_deleted_keeps_the_indices(tiny_images: Path, tm
     shutil.copytree(tiny_images, src)
     out = tmp_path / "out"
     kw = dict(layers=["c1"], k=3, units=2, batch_size=4, workers=0, progress=False, gallery=False, tile=24)
-    with pytest.raises(KeyboardInterrupt):
-        run_top9(tiny_net(), src, out, interrupt_after=2, **kw)  # images 0-7 mined
+    _interrupted_top9(monkeypatch, 2, tiny_net(), src, out, **kw)  # images 0-7 mined
     from zfnet.data import ImageFolder
 
     paths = ImageFolder(src).paths
@@ -471,8 +482,43 @@ def test_resume_after_files_were_deleted_keeps_the_indices(tiny_images: Path, tm
     assert [s["path"] for s in doc["skipped"] if s["index"] == 12] == [paths[12]]  # skipped with a reason
     assert "2 file(s) deleted since then" in res.summary()
     # a file added since the first run makes the lists incompatible: refused, as before
-    with pytest.raises(KeyboardInterrupt):
-        run_top9(tiny_net(), src, tmp_path / "out2", interrupt_after=1, **kw)
+    _interrupted_top9(monkeypatch, 1, tiny_net(), src, tmp_path / "out2", **kw)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "class0" / "zz_new.png")
     with pytest.raises(ConfigError, match="different inputs"):
         run_top9(tiny_net(), src, tmp_path / "out2", resume=True, **kw)
+
+
+def test_top9_steps_run_alone(tiny_images: Path, tmp_path: Path) -> None:
+    """run_top9 is named steps over one options object; mining and records run and test alone."""
+    from zfnet.figures.top9 import Top9Options, mine_step, records_step
+
+    opts = Top9Options(layers=["c1"], k=3, units=2, batch_size=4, workers=0, progress=False, gallery=False)
+    mined = mine_step(tiny_net(), tiny_images, tmp_path, opts)
+    assert mined.state.n_images + len(mined.state.skipped) == mined.n_files and mined.layers == ["c1"]
+    records, doc = records_step(tiny_net(), tmp_path, opts, mined)
+    assert json.loads((tmp_path / "top9.json").read_text()) == json.loads(json.dumps(doc))
+    assert records and all(r["layer"] == "c1" and r["value"] > 0 for r in records)
+    assert "interrupt_after" not in inspect.signature(run_top9).parameters  # no test hook in the public signature
+
+
+def test_each_image_is_decoded_once_per_phase(tiny_images: Path, tmp_path: Path, monkeypatch) -> None:
+    """Mining decodes each file once; projections of every layer and the gallery share one more decode.
+
+    Before, the projection phase decoded an image again per layer and chunk, and the
+    gallery once more.
+    """
+    from collections import Counter
+
+    from zfnet.data import ImageFolder
+
+    counts: Counter = Counter()
+    real = ImageFolder.decode
+
+    def counting(self, probed):
+        counts[getattr(probed, "filename", id(probed))] += 1
+        return real(self, probed)
+
+    monkeypatch.setattr(ImageFolder, "decode", counting)
+    run_top9(tiny_net(), tiny_images, tmp_path, layers=["c1", "c2"], k=4, units="all", batch_size=4, workers=0,
+             progress=False, gallery=True, tile=24)
+    assert counts and max(counts.values()) <= 2

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import asnumpy, get_array_module
 from ..errors import ConfigError, ShapeError
 from ..nn import Trace, check_rule
 from .windowed import WindowUnsupported, project_units_windowed
@@ -81,7 +81,6 @@ def project(model, x, layer: str, channel: int, position=None, rule: str = "deco
     check_rule(rule)
     trace = model.forward(x, upto=layer)
     act = _check_layer_activation(model, trace, layer)
-    xp = get_array_module(act)
     n = act.shape[0]
     if not 0 <= channel < act.shape[1]:
         raise ConfigError(f"{layer} has {act.shape[1]} channels; channel {channel} does not exist")
@@ -89,7 +88,7 @@ def project(model, x, layer: str, channel: int, position=None, rule: str = "deco
         units = np.stack([np.arange(n), np.full(n, channel), np.zeros(n), np.zeros(n)], 1)
     else:
         if position is None:
-            pos = np.asarray(strongest_position(act, channel).get() if xp is not np else strongest_position(act, channel))
+            pos = asnumpy(strongest_position(act, channel))  # (N, 2)
         else:
             y, x_ = int(position[0]), int(position[1])
             if not (0 <= y < act.shape[2] and 0 <= x_ < act.shape[3]):

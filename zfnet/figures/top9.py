@@ -40,7 +40,8 @@ from .gallery import _slug, write_gallery
 from .render import save_png
 from .units import UnitView, unit_views
 
-__all__ = ["transform_for", "first_layer_weight", "activation_shapes", "run_top9", "Top9Result", "peak_rss_mib"]
+__all__ = ["transform_for", "first_layer_weight", "activation_shapes", "run_top9", "Top9Result", "peak_rss_mib",
+           "Top9Options", "Mined", "mine_step", "records_step", "projections_step", "figures_step", "gallery_step"]
 
 
 def transform_for(model) -> Transform:
@@ -222,7 +223,6 @@ def run_top9(
     progress: bool = True,
     device: str = "cpu",
     stop: int | None = None,
-    interrupt_after: int | None = None,
 ) -> Top9Result:
     """Mine, project, draw and write everything for one model and one image folder.
 
@@ -262,82 +262,159 @@ def run_top9(
     device : {"cpu", "gpu"}
     stop : int, optional
         Mine only files ``[0, stop)`` (tests, quick looks).
-    interrupt_after : int, optional
-        Testing hook: raise KeyboardInterrupt after this many batches.
 
     Returns
     -------
     Top9Result
     """
+    opts = Top9Options(layers=layers, k=k, units=units, resume=resume, batch_size=batch_size, workers=workers,
+                       seed=seed, transform=transform, weights_label=weights_label, weights_digest=weights_digest,
+                       save_every=save_every, rule=rule, tile=tile, gallery=gallery, progress=progress,
+                       device=device, stop=stop)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "zfnet top9"):
         remove_stale_parts(out)  # what a killed run's atomic writes left behind
-        return _run_top9(model, images, out, layers=layers, k=k, units=units, resume=resume,
-                         batch_size=batch_size, workers=workers, seed=seed, transform=transform,
-                         weights_label=weights_label, weights_digest=weights_digest, save_every=save_every,
-                         rule=rule, tile=tile, gallery=gallery, progress=progress, device=device, stop=stop,
-                         interrupt_after=interrupt_after)
+        return _run_top9(model, images, out, opts)
 
 
-def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size, workers, seed, transform,
-              weights_label, weights_digest, save_every, rule, tile, gallery, progress, device, stop,
-              interrupt_after) -> Top9Result:
-    """:func:`run_top9`'s work, run while holding the lock on ``out``."""
+@dataclass
+class Top9Options:
+    """Everything :func:`run_top9` is told besides the model, the images and the output folder.
+
+    The fields are :func:`run_top9`'s keyword arguments, with the same meanings and
+    defaults.  Each step of the run (:func:`mine_step`, :func:`records_step`,
+    :func:`projections_step`, :func:`figures_step`, :func:`gallery_step`) reads it.
+    """
+
+    layers: Sequence[str] | None = None
+    k: int = 9
+    units: int | str | Sequence[int] = 16
+    resume: bool = False
+    batch_size: int = 32
+    workers: int = 2
+    seed: int = 0
+    transform: Transform | None = None
+    weights_label: str = ""
+    weights_digest: str = ""
+    save_every: int = 20
+    rule: str = "deconvnet"
+    tile: int = 48
+    gallery: bool = True
+    progress: bool = True
+    device: str = "cpu"
+    stop: int | None = None
+
+
+@dataclass
+class Mined:
+    """What :func:`mine_step` hands to the later steps."""
+
+    folder: ImageFolder
+    transform: Transform
+    layers: list[str]
+    shapes: dict
+    state: TopK
+    n_files: int
+    start: int
+    lost_since: list[str]
+    seconds: float
+    rss_mib: float
+    rate: float
+
+
+# Tests only: raise KeyboardInterrupt after this many mining batches (an interrupted run).
+_INTERRUPT_AFTER: int | None = None
+
+
+def _run_top9(model, images, out: Path, opts: Top9Options) -> Top9Result:
+    """:func:`run_top9`'s steps, run while holding the lock on ``out``."""
     t_start = time.perf_counter()
+    mined = mine_step(model, images, out, opts)
+    records, doc = records_step(model, out, opts, mined)
+    by_layer, views, lost, decoded = projections_step(model, out, opts, mined, records, doc)
+    figures, thumbs, first = figures_step(model, out, opts, mined, by_layer)
+    gallery_index = gallery_step(model, out, opts, mined, by_layer, views, lost, figures, thumbs, first, decoded)
+    _remove_stale_figures(out, figures.values())
+    folder, state = mined.folder, mined.state
+    return Top9Result(
+        out=out, state=state, n_files=mined.n_files, n_read=state.n_images, skipped=state.skipped,
+        notes=state.notes, seconds_mining=mined.seconds, seconds_total=time.perf_counter() - t_start,
+        images_per_second=mined.rate, peak_rss_mib=peak_rss_mib(), resumed_from=mined.start,
+        peak_rss_mining_mib=mined.rss_mib, figures=figures, gallery=gallery_index,
+        weights_label=opts.weights_label, ignored=list(folder.ignored_paths),
+        lost={int(n): {"path": display_path(folder.paths[n]), "reason": why} for n, why in sorted(lost.items())},
+        deleted_since_start=[display_path(p) for p in mined.lost_since],
+    )
+
+
+def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
+    """Step 1: the top k of every channel over the folder, checkpointed to ``out/topk_state.npz``."""
     folder = images if isinstance(images, ImageFolder) else ImageFolder(images)
-    transform = transform or transform_for(model)
-    layers = list(layers) if layers else model.feature_layer_names()
+    transform = opts.transform or transform_for(model)
+    layers = list(opts.layers) if opts.layers else model.feature_layer_names()
     if not layers:
         raise ConfigError(f"{model.arch}: no layers to mine (give --layers)")
     size = transform.config.input_size
     shapes = activation_shapes(model, layers, size)
     state_path, paths_path = out / "topk_state.npz", out / "topk_paths.json"
     lost_since: list[str] = []
-    if resume and state_path.exists():
+    if opts.resume and state_path.exists():
         folder, lost_since = _resume_listing(folder, paths_path)
-    n_files = len(folder) if stop is None else min(stop, len(folder))
+    n_files = len(folder) if opts.stop is None else min(opts.stop, len(folder))
     fingerprint = {
         "arch": model.arch,
-        "weights": weights_digest or weights_label,
+        "weights": opts.weights_digest or opts.weights_label,
         "paths_sha256": paths_digest(folder.paths),
         "n_files": len(folder),
         "transform": transform.config.to_dict(),
     }
     start = 0
-    if resume and state_path.exists():
+    if opts.resume and state_path.exists():
         state = TopK.load(state_path)
-        fresh = TopK(shapes, k, fingerprint)
+        fresh = TopK(shapes, opts.k, fingerprint)
         state._check_compatible(fresh, "resume")
         start = state.next_index(0)
     else:
-        state = TopK(shapes, k, fingerprint)
+        state = TopK(shapes, opts.k, fingerprint)
         # The list mined, so that a resume after files were deleted keeps every index.
         atomic_write(paths_path, lambda fh: fh.write(json.dumps(folder.paths).encode("utf-8")))
     top = max(layers, key=model.layer_names().index)
     forward = lambda x: model.forward(x, upto=top, keep=layers, caches=False).activations  # noqa: E731
-    to_dev = (lambda a: _to_device(a, device)) if device != "cpu" else None
-    batches = ImageBatches(folder, transform, batch_size=batch_size, workers=workers, start=min(start, n_files),
-                           stop=n_files)
-    if interrupt_after is not None:
-        inner, calls = forward, [0]
+    batches = ImageBatches(folder, transform, batch_size=opts.batch_size, workers=opts.workers,
+                           start=min(start, n_files), stop=n_files)
+    if _INTERRUPT_AFTER is not None:
+        inner, calls, limit = forward, [0], _INTERRUPT_AFTER
 
         def forward(x):  # noqa: F811 -- the testing hook wraps the real forward
             calls[0] += 1
-            if calls[0] > interrupt_after:
+            if calls[0] > limit:
                 raise KeyboardInterrupt
             return inner(x)
 
     t0 = time.perf_counter()
     n_before = state.n_images
-    with _progress_bar(n_files, batches.start, "mining", progress) as bar:
-        mine(forward, batches, state, state_path=state_path, save_every=save_every, progress=bar.update,
-             to_device=to_dev)
-    seconds_mining = time.perf_counter() - t0
-    rss_mining = peak_rss_mib()
-    rate = (state.n_images - n_before) / seconds_mining if seconds_mining > 0 else 0.0
+    with _progress_bar(n_files, batches.start, "mining", opts.progress) as bar:
+        mine(forward, batches, state, state_path=state_path, save_every=opts.save_every, progress=bar.update,
+             to_device=_device_mover(opts))
+    seconds = time.perf_counter() - t0
+    rate = (state.n_images - n_before) / seconds if seconds > 0 else 0.0
+    return Mined(folder=folder, transform=transform, layers=layers, shapes=shapes, state=state, n_files=n_files,
+                 start=start, lost_since=lost_since, seconds=seconds, rss_mib=peak_rss_mib(), rate=rate)
 
-    # top9.json: every result, with its receptive-field box.
+
+def _device_mover(opts: Top9Options):
+    """Moves input batches to ``opts.device`` (None on the CPU)."""
+    return (lambda a: _to_device(a, opts.device)) if opts.device != "cpu" else None
+
+
+def _write_doc(out: Path, doc: dict) -> None:
+    atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
+
+
+def records_step(model, out: Path, opts: Top9Options, mined: Mined) -> tuple[list[dict], dict]:
+    """Step 2: ``top9.json``, every result with its receptive-field box; returns ``(records, doc)``."""
+    folder, state, k = mined.folder, mined.state, opts.k
     rfs = receptive_fields(model)
     # Only activations where a unit fired (> 0) are exemplars; a unit that fired in
     # fewer than k images gets fewer records, a dead unit none (docs/visualize.md).
@@ -349,17 +426,17 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
     shown = [dict(r, path=display_path(r["path"])) for r in records]  # JSON-safe names
     doc = {
         "arch": model.arch,
-        "weights": weights_label,
+        "weights": opts.weights_label,
         "images": str(folder.root),
         "n_files": len(folder),
         "n_images": state.n_images,
         "k": k,
-        "rule": rule,
-        "layers": {n: list(s) for n, s in shapes.items()},
-        "transform": transform.config.to_dict(),
+        "rule": opts.rule,
+        "layers": {n: list(s) for n, s in mined.shapes.items()},
+        "transform": mined.transform.config.to_dict(),
         "skipped": [dict(x, path=display_path(x["path"])) for x in state.skipped],
         "ignored": [display_path(p) for p in folder.ignored_paths],
-        "deleted_since_start": [display_path(p) for p in lost_since],
+        "deleted_since_start": [display_path(p) for p in mined.lost_since],
         "box_note": "box = receptive field (y0, x0, y1, x1) in preprocessed-input pixels, half-open, unclipped",
         "firing_note": (f"results hold only activations > 0 (where the unit fired): a unit that fired in "
                         f"fewer than k = {k} images has fewer results, a dead unit (listed under dead_units) none"),
@@ -368,66 +445,83 @@ def _run_top9(model, images, out: Path, *, layers, k, units, resume, batch_size,
                        for n, f in firing.items()},
         "results": shown,
     }
-    atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
+    _write_doc(out, doc)
+    return records, doc
 
-    # Projections and patches of the chosen units, figures, gallery.
-    figures: dict[str, Path] = {}
-    chosen: dict[str, list[int]] = {}
-    for name, t in state.layers.items():
-        chosen[name] = select_units(name, t.values[:, 0], units, seed)
+
+def projections_step(model, out: Path, opts: Top9Options, mined: Mined, records: list[dict], doc: dict):
+    """Step 3: patches and projections of the drawn units; returns ``(by_layer, views, lost, decoded)``.
+
+    ``by_layer[layer][channel]`` lists that unit's :class:`UnitView` s; ``lost`` maps
+    images unreadable since mining to why (also added to ``top9.json``); ``decoded``
+    holds each image decoded here, once, for the gallery.
+    """
+    folder = mined.folder
+    chosen = {name: select_units(name, t.values[:, 0], opts.units, opts.seed) for name, t in mined.state.layers.items()}
     wanted = [r for r in records if r["channel"] in set(chosen[r["layer"]])]
-    with _progress_bar(len(wanted), 0, "projecting", progress, unit="unit") as bar:
+    with _progress_bar(len(wanted), 0, "projecting", opts.progress, unit="unit") as bar:
         lost: dict[int, str] = {}
-        views = unit_views(model, folder, transform, wanted, rule=rule, progress=bar.update, to_device=to_dev,
-                           unreadable=lost)
+        decoded: dict[int, np.ndarray] = {}
+        views = unit_views(model, folder, mined.transform, wanted, rule=opts.rule, progress=bar.update,
+                           to_device=_device_mover(opts), unreadable=lost, decoded=decoded)
     views = [v for v in views if v is not None]  # records of images gone since mining keep their slot empty
     if lost:
         doc["unreadable_at_figures"] = [{"image": int(n), "path": display_path(folder.paths[n]), "reason": why}
                                         for n, why in sorted(lost.items())]
-        atomic_write(out / "top9.json", lambda fh: fh.write(json.dumps(doc, indent=0).encode("utf-8")))
-    by_layer: dict[str, dict[int, list[UnitView]]] = {name: {c: [] for c in chosen[name]} for name in layers}
+        _write_doc(out, doc)
+    by_layer: dict[str, dict[int, list[UnitView]]] = {name: {c: [] for c in chosen[name]} for name in mined.layers}
     for v in views:
         by_layer[v.layer][v.channel].append(v)
+    return by_layer, views, lost, decoded
+
+
+def figures_step(model, out: Path, opts: Top9Options, mined: Mined, by_layer):
+    """Step 4: the first layer's filters and one Fig. 2 per layer; returns ``(figures, thumbs, first)``."""
+    figures: dict[str, Path] = {}
     first = first_layer_weight(model)
     filt_tiles = None
     if first is not None:
         fname, w = first
-        order = transform.config.channel_order
+        order = mined.transform.config.channel_order
         figures[f"filters_{fname}"] = save_png(filter_grid(w, "per-filter", order), out / f"filters_{fname}.png")
         figures[f"filters_{fname}_shared"] = save_png(filter_grid(w, "shared", order),
                                                       out / f"filters_{fname}_shared.png")
         filt_tiles = dict(enumerate(filter_tiles(w, "per-filter", order)))
     thumbs: dict[str, dict[int, np.ndarray]] = {}
-    for name in layers:
+    for name in mined.layers:
         fl = filt_tiles if (first is not None and name == first[0]) else None
-        fig = layer_figure(name, by_layer[name], k=k, tile=tile, filters=fl)
+        fig = layer_figure(name, by_layer[name], k=opts.k, tile=opts.tile, filters=fl)
         figures[name] = save_png(fig, out / f"fig2_{_slug(name)}.png")
-        thumbs[name] = {c: unit_block(vs, k, 24, None if fl is None else fl.get(c)) for c, vs in by_layer[name].items()}
-    gallery_index = None
-    if gallery:
-        pictures = {}
-        for v in views:
-            if v.image not in pictures and v.image not in lost:
-                try:
-                    pictures[v.image] = transform.geometry(folder[v.image])
-                except (ImageReadError, OSError) as e:
-                    lost[v.image] = str(getattr(e, "detail", e))
-        extra = [(f"{first[0]} filters, per-filter scaling", figures[f"filters_{first[0]}"]),
-                 (f"{first[0]} filters, shared scaling", figures[f"filters_{first[0]}_shared"])] if first else []
-        notes = (f"{model.arch} with {weights_label or 'the given weights'}; top {k} of every channel over "
-                 f"{state.n_images:,} images of {folder.root}; {len(state.skipped)} files skipped. "
-                 f"Projections use the {rule} rule.")
-        gallery_index = write_gallery(out / "gallery", by_layer, pictures=pictures, layer_figures=figures,
-                                      extra_figures=extra, title=f"{model.arch}: top-{k} units", notes=notes,
-                                      unit_thumbs=thumbs, k=k)
-    elif (out / "gallery").is_dir():
-        shutil.rmtree(out / "gallery")  # a gallery of an earlier run would not match these results
-    _remove_stale_figures(out, figures.values())
-    return Top9Result(
-        out=out, state=state, n_files=n_files, n_read=state.n_images, skipped=state.skipped, notes=state.notes,
-        seconds_mining=seconds_mining, seconds_total=time.perf_counter() - t_start, images_per_second=rate,
-        peak_rss_mib=peak_rss_mib(), resumed_from=start, peak_rss_mining_mib=rss_mining, figures=figures, gallery=gallery_index,
-        weights_label=weights_label, ignored=list(folder.ignored_paths),
-        lost={int(n): {"path": display_path(folder.paths[n]), "reason": why} for n, why in sorted(lost.items())},
-        deleted_since_start=[display_path(p) for p in lost_since],
-    )
+        thumbs[name] = {c: unit_block(vs, opts.k, 24, None if fl is None else fl.get(c))
+                        for c, vs in by_layer[name].items()}
+    return figures, thumbs, first
+
+
+def gallery_step(model, out: Path, opts: Top9Options, mined: Mined, by_layer, views, lost, figures, thumbs, first,
+                 decoded: dict | None = None):
+    """Step 5: the offline HTML gallery (``out/gallery``), or its removal with ``gallery=False``.
+
+    ``decoded`` (from :func:`projections_step`): pictures already decoded, not decoded again.
+    """
+    if not opts.gallery:
+        if (out / "gallery").is_dir():
+            shutil.rmtree(out / "gallery")  # a gallery of an earlier run would not match these results
+        return None
+    folder, state, k = mined.folder, mined.state, opts.k
+    pictures = {}
+    for v in views:
+        if v.image in (decoded or {}):
+            pictures[v.image] = decoded[v.image]
+        elif v.image not in pictures and v.image not in lost:
+            try:
+                pictures[v.image] = mined.transform.geometry(folder[v.image])
+            except (ImageReadError, OSError) as e:
+                lost[v.image] = str(getattr(e, "detail", e))
+    extra = [(f"{first[0]} filters, per-filter scaling", figures[f"filters_{first[0]}"]),
+             (f"{first[0]} filters, shared scaling", figures[f"filters_{first[0]}_shared"])] if first else []
+    notes = (f"{model.arch} with {opts.weights_label or 'the given weights'}; top {k} of every channel over "
+             f"{state.n_images:,} images of {folder.root}; {len(state.skipped)} files skipped. "
+             f"Projections use the {opts.rule} rule.")
+    return write_gallery(out / "gallery", by_layer, pictures=pictures, layer_figures=figures,
+                         extra_figures=extra, title=f"{model.arch}: top-{k} units", notes=notes,
+                         unit_thumbs=thumbs, k=k)

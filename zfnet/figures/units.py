@@ -195,6 +195,7 @@ def unit_views(
     to_device: Callable[[np.ndarray], Any] | None = None,
     progress: Callable[[int], None] | None = None,
     unreadable: dict | None = None,
+    decoded: dict | None = None,
 ) -> list[UnitView | None]:
     """Patches and projections of mined units (records from :meth:`TopK.records`).
 
@@ -224,6 +225,11 @@ def unit_views(
     unreadable : dict, optional
         Filled with ``{image index: reason}`` for mined images that can no longer be
         read (deleted or changed since mining); their records get no view.
+    decoded : dict, optional
+        ``{image index: picture}`` of images already decoded (``transform.geometry``),
+        used instead of decoding again, and filled with every image decoded here, so
+        a caller (the gallery) and the layers after the first reuse them: each image
+        is then decoded once.  Without it, nothing is kept between chunks.
 
     Returns
     -------
@@ -243,8 +249,11 @@ def unit_views(
             images, pictures = [], []
             for n in sorted({int(records[i]["image"]) for i in part}):
                 try:
-                    pictures.append(transform.geometry(folder[n]))  # (H, W, 3) uint8
+                    picture = decoded[n] if decoded is not None and n in decoded else transform.geometry(folder[n])
+                    pictures.append(picture)  # (H, W, 3) uint8
                     images.append(n)
+                    if decoded is not None:
+                        decoded[n] = picture
                 except (ImageReadError, OSError) as e:  # gone or changed since it was mined
                     if unreadable is not None:
                         unreadable[n] = str(getattr(e, "detail", e))

@@ -92,7 +92,19 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
         return _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
     if xp is np and x.dtype.kind == "f":
         return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo))
+    return _conv2d_im2col(x, w, b, stride, padding, groups, (ho, wo))
 
+
+def _conv2d_im2col(x, w, b, stride, padding, groups, out_size):
+    """The readable path of :func:`conv2d`: im2col, then one batched GEMM per group.
+
+    The reference the fast paths are tested against (``tests/test_fast_paths.py``);
+    arguments already checked, ``stride``/``padding`` pairs, ``out_size = (H_out, W_out)``.
+    """
+    xp = get_array_module(x, w)
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    ho, wo = out_size
     cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
     cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
     wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
@@ -171,12 +183,24 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
         return _kernels.conv_transpose2d(y, w, b, stride, padding, groups, (h, wd))  # cuBLAS + CUDA col2im
     if xp is np and y.dtype.kind == "f":
         return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
+    return _conv_transpose2d_col2im(y, w, b, stride, padding, groups, (h, wd))
 
+
+def _conv_transpose2d_col2im(y, w, b, stride, padding, groups, out_size):
+    """The readable path of :func:`conv_transpose2d`: one batched GEMM per group, then col2im.
+
+    The reference the fast paths are tested against; arguments already checked,
+    ``out_size = (H, W)`` resolved.
+    """
+    xp = get_array_module(y, w)
+    n, o, hi, wi = y.shape
+    _, cg, kh, kw = w.shape
+    c = cg * groups
     ymat = y.reshape(n, groups, o // groups, hi * wi)  # (N, G, O_g, H_in*W_in)
     wmat = w.reshape(groups, o // groups, cg * kh * kw)  # (G, O_g, C_g*kH*kW)
     cols = xp.matmul(wmat.transpose(0, 2, 1), ymat)  # (N, G, C_g*kH*kW, H_in*W_in)
     cols = cols.reshape(n, c, kh, kw, hi, wi)  # (N, C_in, kH, kW, H_in, W_in)
-    x = col2im(cols, (h, wd), stride, padding)  # (N, C_in, H, W)
+    x = col2im(cols, out_size, stride, padding)  # (N, C_in, H, W)
     if b is not None:
         x = x + b.reshape(1, c, 1, 1)
     return x
