@@ -279,7 +279,7 @@ def col2im_phases(cols, input_size, kernel_size, stride, padding, wq: int):
                 merge_phase(x[:, lo:hi], phases[:, lo:hi, a, b], a, b, (sh, sw), (ph, pw))
 
     if xp is np:  # NumPy adds on one core: share the channels out among threads
-        parallel_range(c, add_back, min_items=max(1, (1 << 15) // max(1, n * kh * kw * length)))
+        parallel_range(c, add_back, min_items=max(1, (1 << 17) // max(1, n * kh * kw * length)))
     else:
         add_back(0, c)
     return x
