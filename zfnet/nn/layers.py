@@ -349,14 +349,44 @@ class Conv2d(Layer):
                    s["groups"], relu=s["relu"], bias=s["bias"], dilation=tuple(s["dilation"]))
 
 
-class MaxPool2d(Layer):
-    """Max pooling that records its switches in the trace; unpools on the way down."""
+class _Pool2d(Layer):
+    """What max and average pooling share: the window geometry (kernel, stride,
+    padding, ceil rounding), its receptive-field step, output size, description and
+    saved spec.  Subclasses set ``_kind`` ("max" or "avg") and do the pooling."""
+
+    _kind = ""
 
     def __init__(self, name, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__(name)
         self.kernel_size = pair(kernel_size)
         self.stride = pair(kernel_size if stride is None else stride)
         self.padding, self.ceil_mode = pair(padding), ceil_mode
+
+    def rf(self):
+        return (self.kernel_size[0], self.stride[0], self.padding[0])
+
+    def output_shape(self, shape):
+        n, c, h, w = shape
+        return (n, c, pool_out_size(h, self.kernel_size[0], self.stride[0], self.padding[0], self.ceil_mode),
+                pool_out_size(w, self.kernel_size[1], self.stride[1], self.padding[1], self.ceil_mode))
+
+    def describe(self):
+        ceil = " ceil" if self.ceil_mode else ""
+        return f"{self._kind}-pool {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]} pad {self.padding[0]}{ceil}"
+
+    def spec(self):
+        return {"type": f"{self._kind}pool", "name": self.name, "kernel": list(self.kernel_size),
+                "stride": list(self.stride), "pad": list(self.padding), "ceil": bool(self.ceil_mode)}
+
+    @classmethod
+    def from_spec(cls, s):
+        return cls(s["name"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]), s["ceil"])
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling that records its switches in the trace; unpools on the way down."""
+
+    _kind = "max"
 
     def forward(self, x, trace=None):
         y, switches = max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
@@ -391,25 +421,6 @@ class MaxPool2d(Layer):
         (in_hw,) = self._saved(trace, "in_hw")
         return max_unpool2d(dy, trace.switches[self.name], in_hw) if input_grad else None
 
-    def rf(self):
-        return (self.kernel_size[0], self.stride[0], self.padding[0])
-
-    def output_shape(self, shape):
-        n, c, h, w = shape
-        return (n, c, pool_out_size(h, self.kernel_size[0], self.stride[0], self.padding[0], self.ceil_mode),
-                pool_out_size(w, self.kernel_size[1], self.stride[1], self.padding[1], self.ceil_mode))
-
-    def describe(self):
-        ceil = " ceil" if self.ceil_mode else ""
-        return f"max-pool {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]} pad {self.padding[0]}{ceil}"
-
-    def spec(self):
-        return {"type": "maxpool", "name": self.name, "kernel": list(self.kernel_size),
-                "stride": list(self.stride), "pad": list(self.padding), "ceil": bool(self.ceil_mode)}
-
-    @classmethod
-    def from_spec(cls, s):
-        return cls(s["name"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]), s["ceil"])
 
 
 LRN_REGIONS = ("across_channels", "within_channel")
@@ -712,7 +723,7 @@ class ReLU(Layer):
         return cls(s["name"])
 
 
-class AvgPool2d(Layer):
+class AvgPool2d(_Pool2d):
     """Average pooling with Caffe's divisor (:func:`~zfnet.ops.avg_pool.avg_pool2d`).
 
     Nothing to remember on the way up: going down, each value is spread evenly over
@@ -721,11 +732,7 @@ class AvgPool2d(Layer):
     :class:`AdaptiveAvgPool2d` to 1x1 instead.)
     """
 
-    def __init__(self, name, kernel_size, stride=None, padding=0, ceil_mode=False):
-        super().__init__(name)
-        self.kernel_size = pair(kernel_size)
-        self.stride = pair(kernel_size if stride is None else stride)
-        self.padding, self.ceil_mode = pair(padding), ceil_mode
+    _kind = "avg"
 
     def _args(self):
         return self.kernel_size, self.stride, self.padding, self.ceil_mode
@@ -757,25 +764,6 @@ class AvgPool2d(Layer):
         (in_hw,) = self._saved(trace, "in_hw")
         return avg_unpool2d(dy, in_hw, *self._args()) if input_grad else None
 
-    def rf(self):
-        return (self.kernel_size[0], self.stride[0], self.padding[0])
-
-    def output_shape(self, shape):
-        n, c, h, w = shape
-        return (n, c, pool_out_size(h, self.kernel_size[0], self.stride[0], self.padding[0], self.ceil_mode),
-                pool_out_size(w, self.kernel_size[1], self.stride[1], self.padding[1], self.ceil_mode))
-
-    def describe(self):
-        ceil = " ceil" if self.ceil_mode else ""
-        return f"avg-pool {self.kernel_size[0]}x{self.kernel_size[1]}/{self.stride[0]} pad {self.padding[0]}{ceil}"
-
-    def spec(self):
-        return {"type": "avgpool", "name": self.name, "kernel": list(self.kernel_size),
-                "stride": list(self.stride), "pad": list(self.padding), "ceil": bool(self.ceil_mode)}
-
-    @classmethod
-    def from_spec(cls, s):
-        return cls(s["name"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["pad"]), s["ceil"])
 
 
 class Softmax(Layer):
