@@ -64,6 +64,7 @@ import numpy as np
 
 from .backend import asnumpy, get_array_module, to_device
 from .data.augment import center_boxes, crop_resize, normalize_batch, random_boxes
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD  # the package's one copy, re-exported here
 from ._files import atomic_write
 from .errors import ConfigError, WeightsError
 from .nn import Conv2d, Dropout
@@ -83,8 +84,6 @@ __all__ = [
     "IMAGENET_STD",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "zfnet-train-checkpoint"
 CHECKPOINT_VERSION = 1
 ARCHS = ("zfnet", "alexnet", "alexnet-torchvision")
@@ -439,7 +438,7 @@ def evaluate(model, images, labels, *, batch_size: int = 100, input_size: int | 
     """
     norm = _norm(preprocess)
     size = int(input_size or model.input_size[0])
-    xp = get_array_module(model.layers[0].params().get("weight", np.zeros(0)))
+    xp = model.xp
     was_training = model.layers[0].training
     model.eval()
     n = int(labels.shape[0])
@@ -611,7 +610,7 @@ class Trainer:
         if self.names:
             self.model.config["class_names"] = list(self.names)
         self.model.to(device)
-        self.xp = get_array_module(self.model.layers[0].params()["weight"])
+        self.xp = self.model.xp
         train_idx = _even_subset(len(train.labels), config.train_limit)
         # On a GPU the whole uint8 training set goes to device memory once (1.4 GB at 224).
         whole = len(train_idx) == len(train.labels)  # no copy of a 1.4 GB array when all are used
