@@ -105,8 +105,18 @@ def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | N
                 x, _ = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode,
                                     return_indices=True)
             elif isinstance(layer, znn.LRN):
+                if getattr(layer, "region", "across_channels") != "across_channels":
+                    raise TypeError(f"no PyTorch twin for {layer!r}: PyTorch has no within-channel LRN")
                 args = (layer.size, layer.alpha, layer.beta, layer.k)
                 x = F.local_response_norm(x, *args) if rule is None else PassLRN.apply(x, *args)
+            elif isinstance(layer, znn.ReLU):
+                x = relu(x)
+            elif isinstance(layer, znn.AvgPool2d):
+                # count_include_pad: divide by the window clipped to the padded map, Caffe's divisor
+                x = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                 count_include_pad=True)
+            elif isinstance(layer, znn.Softmax):
+                x = F.softmax(x, dim=1)
             elif isinstance(layer, znn.Flatten):
                 x = x.flatten(1)
             elif isinstance(layer, znn.Linear):

@@ -125,6 +125,33 @@ def test_the_torch_twin_fails_loudly_on_a_layer_it_does_not_know():
     pytest.importorskip("torch")
     from benchmarks.torch_twin import twin
 
-    net = Network([Conv2d("conv1", 3, 2, 3, rng=np.random.default_rng(0)), ReLU("relu1")], {"arch": "t"})
-    with pytest.raises(TypeError, match="relu1"):
+    from zfnet.nn import Layer
+
+    class Mystery(Layer):
+        def forward(self, x, trace=None):
+            return x
+
+    net = Network([Conv2d("conv1", 3, 2, 3, rng=np.random.default_rng(0)), Mystery("mystery1")], {"arch": "t"})
+    with pytest.raises(TypeError, match="mystery1"):
         twin(net)(__import__("torch").zeros(1, 3, 8, 8))
+    within = Network([LRN("norm1", 3, region="within_channel")], {"arch": "t"})
+    with pytest.raises(TypeError, match="within-channel"):
+        twin(within)(__import__("torch").zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+def test_the_torch_twin_knows_caffe_graph_layers(rng, ceil):
+    """Standalone ReLU, Caffe average pooling (padded, ceil) and Softmax: the twin equals our forward."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_twin import twin
+    from zfnet.nn import AvgPool2d, Softmax
+
+    net = Network([Conv2d("c1", 3, 4, 3, padding=1, relu=False, rng=rng), ReLU("r1"),
+                   AvgPool2d("a1", 3, 2, 1, ceil_mode=ceil), Conv2d("c2", 4, 5, 1, relu=False, rng=rng),
+                   Softmax("prob")], {"arch": "t", "num_classes": 5, "input_size": [12, 12]})
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    ours = net.forward(x).activations
+    theirs = {}
+    twin(net)(torch.from_numpy(x), record=theirs)
+    for name in ("r1", "a1", "prob"):  # float32 rounding of a 27-term conv, carried through
+        np.testing.assert_allclose(theirs[name].numpy(), ours[name], rtol=1e-5, atol=1e-6, err_msg=name)
