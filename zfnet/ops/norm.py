@@ -50,15 +50,7 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         raise ShapeError(f"lrn: size must be >= 1, got {size}")
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_forward; this code is its reference
         return _kernels.lrn(x, size, alpha, beta, k)
-    c = x.shape[1]
-    sq = x * x
-    before, after = size // 2, (size - 1) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (before, after)
-    sq = xp.pad(sq, pad)  # (N, C + size - 1, ...)
-    window = sq[:, 0:c].copy()
-    for d in range(1, size):  # sum of `size` channel-shifted copies: channel c sees c-before .. c+after
-        window += sq[:, d : d + c]
+    window = _window_sum(xp, x * x, size // 2, (size - 1) // 2)  # channel c sees c - n//2 .. c + (n-1)//2
     return x / (k + (alpha / size) * window) ** beta
 
 
