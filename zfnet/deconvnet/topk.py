@@ -335,7 +335,10 @@ class TopK:
         )
 
     # -- merge -----------------------------------------------------------------
-    def _check_compatible(self, other: "TopK", what: str) -> None:
+    def check_compatible(self, other: "TopK", what: str) -> None:
+        """Raise ``ConfigError`` unless ``other`` was mined with the same k, layers and
+        model/data fingerprint, so that the two can be merged (or one resumed as the
+        other); ``what`` names the operation in the message."""
         if self.k != other.k:
             raise ConfigError(f"cannot {what}: k={self.k} vs k={other.k}")
         mine_shapes = {n: (t.channels,) + t.map_size for n, t in self.layers.items()}
@@ -359,7 +362,7 @@ class TopK:
         ConfigError
             Different k, layers or fingerprints.
         """
-        self._check_compatible(other, "merge")
+        self.check_compatible(other, "merge")
         out = TopK({n: (t.channels,) + t.map_size for n, t in self.layers.items()}, self.k, self.fingerprint)
         for name, t in out.layers.items():
             for src in (self.layers[name], other.layers[name]):

@@ -140,18 +140,18 @@ def write_gallery(
     index_parts.append("<h2>Layers</h2><ul>")
     for layer, units in views.items():
         index_parts.append(
-            f'<li><a href="{html.escape(_slug(layer))}/index.html">{html.escape(layer)}</a> '
+            f'<li><a href="{html.escape(slug(layer))}/index.html">{html.escape(layer)}</a> '
             f"({len(units)} units)</li>"
         )
     index_parts.append("</ul>")
     for layer, units in views.items():
         _write_layer(out, layer, units, pictures or {}, (unit_thumbs or {}).get(layer), k)
         if layer_figures and layer in layer_figures:
-            dst = out / "figures" / f"{_slug(layer)}.png"
+            dst = out / "figures" / f"{slug(layer)}.png"
             shutil.copyfile(layer_figures[layer], dst)
             index_parts.append(
-                f'<h2><a href="{_slug(layer)}/index.html">{html.escape(layer)}</a></h2>'
-                f'<a href="{_slug(layer)}/index.html"><img class="fig" src="{_rel(dst, out)}" '
+                f'<h2><a href="{slug(layer)}/index.html">{html.escape(layer)}</a></h2>'
+                f'<a href="{slug(layer)}/index.html"><img class="fig" src="{_rel(dst, out)}" '
                 f'alt="{html.escape(layer)} top-9 figure"></a>'
             )
     for i, (cap, src) in enumerate(extra_figures):
@@ -168,7 +168,7 @@ def write_gallery(
     return final / "index.html"
 
 
-def _slug(layer: str) -> str:
+def slug(layer: str) -> str:
     """A file-system and URL safe folder name for a layer (``fire9/expand3x3`` -> ``fire9_expand3x3``)."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in layer)
 
@@ -176,7 +176,7 @@ def _slug(layer: str) -> str:
 def _write_layer(out: Path, layer: str, units: Mapping[int, Sequence[UnitView]],
                  pictures: Mapping[int, np.ndarray], thumbs: Mapping[int, np.ndarray] | None,
                  k: int | None = None) -> None:
-    ldir = out / _slug(layer)
+    ldir = out / slug(layer)
     idir = ldir / "img"
     idir.mkdir(parents=True)
     cards = []

@@ -36,7 +36,7 @@ from ..deconvnet.topk import TopK, mine, paths_digest
 from ..errors import ConfigError
 from .fig2 import layer_figure, select_units, unit_block
 from .filters import filter_grid, filter_tiles
-from .gallery import _slug, write_gallery
+from .gallery import slug, write_gallery
 from .render import save_png
 from .units import UnitView, unit_views
 
@@ -373,7 +373,7 @@ def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
     if opts.resume and state_path.exists():
         state = TopK.load(state_path)
         fresh = TopK(shapes, opts.k, fingerprint)
-        state._check_compatible(fresh, "resume")
+        state.check_compatible(fresh, "resume")
         start = state.next_index(0)
     else:
         state = TopK(shapes, opts.k, fingerprint)
@@ -491,7 +491,7 @@ def figures_step(model, out: Path, opts: Top9Options, mined: Mined, by_layer):
     for name in mined.layers:
         fl = filt_tiles if (first is not None and name == first[0]) else None
         fig = layer_figure(name, by_layer[name], k=opts.k, tile=opts.tile, filters=fl)
-        figures[name] = save_png(fig, out / f"fig2_{_slug(name)}.png")
+        figures[name] = save_png(fig, out / f"fig2_{slug(name)}.png")
         thumbs[name] = {c: unit_block(vs, opts.k, 24, None if fl is None else fl.get(c))
                         for c, vs in by_layer[name].items()}
     return figures, thumbs, first
