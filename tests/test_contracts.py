@@ -143,3 +143,15 @@ def test_unit_crops_are_the_projection_under_the_receptive_field(windowed):
 def test_network_xp_is_the_one_answer_to_where_a_model_computes():
     assert _small().xp is np
     assert Network([MaxPool2d("pool", 2)], {"arch": "t"}).xp is np  # no parameters: NumPy
+
+
+def test_run_top9_takes_the_device_from_the_model(tmp_path):
+    """No device string beside an already-moved model: run_top9 asks the model, and a
+    device that contradicts it is a ConfigError, not a silent copy."""
+    from zfnet.errors import ConfigError
+    from zfnet.figures.top9 import run_top9
+    from zfnet.models import build
+
+    model = build("zfnet")
+    with pytest.raises(ConfigError, match="parameters are on the CPU"):
+        run_top9(model, tmp_path / "no-images", tmp_path / "out", device="gpu")

@@ -370,7 +370,7 @@ def run_top9_cmd(args: argparse.Namespace) -> int:
     result = run_top9(model, args.images, args.out, layers=args.layers, k=args.k, units=args.units,
                       resume=args.resume, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
                       weights_label=label, weights_digest=digest, rule=args.rule, gallery=not args.no_gallery,
-                      device=args.device, stop=args.limit, tile=args.tile)
+                      stop=args.limit, tile=args.tile)
     print(result.summary())
     return 0
 
@@ -460,7 +460,7 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     folder, photos = make_demo_views(out / "images", args.views)
     print(f"zfnet demo: {args.views} views of {len(photos)} bundled photos ({', '.join(photos)}).", flush=True)
     result = run_top9(model, folder, out, layers=args.layers, k=args.k, units=args.units, seed=args.seed,
-                      weights_label=label, weights_digest=digest, device=args.device, batch_size=16)
+                      weights_label=label, weights_digest=digest, batch_size=16)
     print(result.summary())
     if weights is None:
         print("Note: these weights are random, so the figures show the machinery, not learned features.")

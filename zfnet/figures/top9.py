@@ -221,7 +221,7 @@ def run_top9(
     tile: int = 48,
     gallery: bool = True,
     progress: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     stop: int | None = None,
 ) -> Top9Result:
     """Mine, project, draw and write everything for one model and one image folder.
@@ -259,7 +259,10 @@ def run_top9(
         Write ``out/gallery``.
     progress : bool
         tqdm progress bars.
-    device : {"cpu", "gpu"}
+    device : {"cpu", "gpu"}, optional
+        Where the model computes; default: where its parameters are (``model.xp``),
+        so a model moved with ``model.to("gpu")`` needs nothing more.  Given, it must
+        agree with the model (a ``ConfigError`` otherwise).
     stop : int, optional
         Mine only files ``[0, stop)`` (tests, quick looks).
 
@@ -267,6 +270,12 @@ def run_top9(
     -------
     Top9Result
     """
+    on_gpu = model.xp is not np
+    if device is None:
+        device = "gpu" if on_gpu else "cpu"
+    elif (device == "gpu") != on_gpu:
+        raise ConfigError(f"run_top9: device={device!r}, but the model's parameters are on the "
+                          f"{'GPU' if on_gpu else 'CPU'}; call model.to({device!r}) first, or leave device out")
     opts = Top9Options(layers=layers, k=k, units=units, resume=resume, batch_size=batch_size, workers=workers,
                        seed=seed, transform=transform, weights_label=weights_label, weights_digest=weights_digest,
                        save_every=save_every, rule=rule, tile=tile, gallery=gallery, progress=progress,
