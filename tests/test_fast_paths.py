@@ -157,20 +157,19 @@ def test_fast_weight_grad_equals_readable(case, chunk_bytes, strided_dy):
     x, w, _, stride, padding, groups = case
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
-    cols = ops.im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
-    ho, wo = cols.shape[-2:]
+    ho = ops.conv_out_size(x.shape[2], kh, stride[0], padding[0])
+    wo = ops.conv_out_size(x.shape[3], kw, stride[1], padding[1])
     dy = np.random.default_rng(2).standard_normal((n, o, ho, wo))
     if strided_dy:  # a trimmed view, as a layer's saved output is
         dy = np.concatenate([dy, dy], axis=3)[..., ::2]
-    want = np.matmul(dy.reshape(n, groups, o // groups, ho * wo),
-                     cols.reshape(n, groups, cg * kh * kw, ho * wo).transpose(0, 1, 3, 2)).sum(axis=0)
+    want = conv_mod._conv2d_weight_grad_im2col(x, dy, w.shape, stride, padding, groups, (ho, wo))
     old = conv_mod._WGRAD_CHUNK_BYTES
     conv_mod._WGRAD_CHUNK_BYTES = chunk_bytes  # 1 byte: one image per chunk, many chunks
     try:
         got = ops.conv2d_weight_grad(x, dy, w.shape, stride, padding, groups)
     finally:
         conv_mod._WGRAD_CHUNK_BYTES = old
-    np.testing.assert_allclose(got, want.reshape(w.shape), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_fast_conv_float32_and_views():

@@ -400,6 +400,20 @@ def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
         raise ShapeError(f"conv2d_weight_grad: dy must have shape {(n, o, ho, wo)}, got {tuple(dy.shape)}")
     if xp is np and x.dtype.kind == "f" and dy.dtype == x.dtype:
         return _conv2d_weight_grad_phases(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
+    return _conv2d_weight_grad_im2col(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
+
+
+def _conv2d_weight_grad_im2col(x, dy, w_shape, stride, padding, groups, out_size):
+    """The readable path of :func:`conv2d_weight_grad`: one GEMM per image and group
+    against the im2col columns, summed over the batch.
+
+    The reference the fast path is tested against (``tests/test_fast_paths.py``);
+    arguments already checked, ``stride``/``padding`` pairs, ``out_size = (H_out, W_out)``.
+    """
+    xp = get_array_module(x, dy)
+    n = x.shape[0]
+    o, cg, kh, kw = w_shape
+    ho, wo = out_size
     cols = im2col(x, (kh, kw), stride, padding)  # (N, C, kH, kW, H_out, W_out)
     cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)  # (N, G, C_g*kH*kW, H_out*W_out)
     dyr = dy.reshape(n, groups, o // groups, ho * wo)  # (N, G, O_g, H_out*W_out)
