@@ -426,7 +426,19 @@ class MaxPool2d(_Pool2d):
 LRN_REGIONS = ("across_channels", "within_channel")
 
 
-class LRN(Layer):
+class _PassThrough(Layer):
+    """A layer the deconvnet passes its signal through unchanged (LRN, dropout,
+    softmax: paper section 2.1 inverts only unpooling, rectification and filtering),
+    densely and on a window alike."""
+
+    def deconv(self, signal, trace, rule="deconvnet", start=None):
+        return signal
+
+    def deconv_window(self, win, trace, rule="deconvnet", start=None):
+        return win
+
+
+class LRN(_PassThrough):
     """Local response normalisation; passed through on the way down.
 
     ``region="across_channels"`` (AlexNet, ZFNet; :func:`~zfnet.ops.lrn`) divides by
@@ -459,12 +471,6 @@ class LRN(Layer):
         if (c := self._training_cache(trace)) is not None:
             c["x"], c["y"] = x, y
         return y
-
-    def deconv(self, signal, trace, rule="deconvnet", start=None):
-        return signal
-
-    def deconv_window(self, win, trace, rule="deconvnet", start=None):
-        return win  # passed through, as in deconv
 
     def backward(self, dy, trace, input_grad=True):
         """The true gradient (``lrn_backward`` or ``lrn_within_channel_backward``), unlike ``deconv``."""
@@ -545,7 +551,7 @@ class Linear(Layer):
         return cls(s["name"], s["in"], s["out"], relu=s["relu"], bias=s["bias"])
 
 
-class Dropout(Layer):
+class Dropout(_PassThrough):
     """Dropout: identity at inference (``training=False``); the deconvnet passes through.
 
     In training mode each unit is zeroed with probability ``p`` and survivors are
@@ -565,12 +571,6 @@ class Dropout(Layer):
         if trace is not None and (c := trace.cache(self.name)) is not None:
             c["keep"] = keep
         return x * keep / x.dtype.type(1 - self.p)
-
-    def deconv(self, signal, trace, rule="deconvnet", start=None):
-        return signal
-
-    def deconv_window(self, win, trace, rule="deconvnet", start=None):
-        return win  # passed through, as in deconv
 
     def backward(self, dy, trace, input_grad=True):
         """Mask and scale ``dy`` like the forward pass; identity if the forward was (eval, p=0)."""
@@ -766,7 +766,7 @@ class AvgPool2d(_Pool2d):
 
 
 
-class Softmax(Layer):
+class Softmax(_PassThrough):
     """Softmax over channels (axis 1): a Caffe deploy net's ``prob`` layer.
 
     Going down, the signal passes through unchanged, as for LRN: each class
@@ -780,12 +780,6 @@ class Softmax(Layer):
         if (c := self._training_cache(trace)) is not None:
             c["y"] = y
         return y
-
-    def deconv(self, signal, trace, rule="deconvnet", start=None):
-        return signal
-
-    def deconv_window(self, win, trace, rule="deconvnet", start=None):
-        return win  # passed through, as in deconv
 
     def backward(self, dy, trace, input_grad=True):
         if not input_grad:
