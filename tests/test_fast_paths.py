@@ -276,3 +276,16 @@ def test_relu_of_trimmed_views():
         r = ops.relu(v)
         np.testing.assert_array_equal(r, np.maximum(v, 0))
         assert r.shape == v.shape
+
+
+def test_col2im_phases_checks_its_kernel_size():
+    """``kernel_size`` is checked against the columns' window shape, not ignored."""
+    from zfnet.errors import ShapeError
+    from zfnet.ops.im2col import col2im_phases, im2col_phases
+
+    x = np.arange(2 * 3 * 9 * 9, dtype=np.float32).reshape(2, 3, 9, 9)
+    cols, wq = im2col_phases(x, (3, 3), (2, 2), (1, 1))
+    back = col2im_phases(cols, (9, 9), (3, 3), (2, 2), (1, 1), wq)
+    assert back.shape == x.shape
+    with pytest.raises(ShapeError, match="3x3 windows"):
+        col2im_phases(cols, (9, 9), (5, 5), (2, 2), (1, 1), wq)

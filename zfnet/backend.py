@@ -8,8 +8,7 @@ the op, and the readable path stays the reference it is tested against.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +29,7 @@ __all__ = [
     "get_array_module",
     "asnumpy",
     "to_device",
-    "use",
-    "default_xp",
 ]
-
-_default = np
 
 
 def gpu_available() -> bool:
@@ -72,23 +67,3 @@ def to_device(a: Any, device: str = "cpu"):
 
     raise ConfigError(f"unknown device {device!r}: expected 'cpu' or 'gpu'")
 
-
-def default_xp():
-    """The array module that new arrays are created with (see :func:`use`)."""
-    return _default
-
-
-@contextmanager
-def use(device: str) -> Iterator[Any]:
-    """Context manager selecting the default array module: ``with use("gpu"): ...``."""
-    global _default
-    old = _default
-    if device == "cpu":
-        _default = np
-    else:
-        to_device(np.zeros(1), device)  # raises a clear error if unavailable
-        _default = cupy
-    try:
-        yield _default
-    finally:
-        _default = old

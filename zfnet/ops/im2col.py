@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..errors import ShapeError
 from ._parallel import parallel_range
 from ._shape import conv_out_size
 
@@ -244,6 +245,8 @@ def col2im_phases(cols, input_size, kernel_size, stride, padding, wq: int):
     cols : array, shape (N, C, kH, kW, H_out*Wq)
     input_size : (H, W)
     kernel_size, stride, padding : pairs of int
+        ``kernel_size`` must equal ``cols.shape[2:4]`` (it is checked, not
+        trusted: a mismatch is a ``ShapeError``).
     wq : int
         The layout's row length, from :func:`im2col_phases`.
 
@@ -257,6 +260,9 @@ def col2im_phases(cols, input_size, kernel_size, stride, padding, wq: int):
     """
     xp = get_array_module(cols)
     n, c, kh, kw, length = cols.shape
+    if (kh, kw) != tuple(kernel_size):
+        raise ShapeError(f"col2im_phases: cols hold {kh}x{kw} windows (shape {tuple(cols.shape)}), "
+                         f"kernel_size says {tuple(kernel_size)}")
     h, w = input_size
     (sh, sw), (ph, pw) = stride, padding
     ho = length // wq
