@@ -557,6 +557,20 @@ class _State:
                         "win_seen": 0, "renormed": {}}
 
 
+@dataclass
+class _Session:
+    """What one call of :meth:`Trainer.fit` counts (not saved: speed is per session)."""
+
+    t_start: float
+    status: str = "done"
+    seen: int = 0  # images trained on in this session
+    win_t: float = 0.0  # start of the current log window
+    win_seen: int = 0  # images in it (this session only)
+
+    def new_window(self, now: float | None = None) -> None:
+        self.win_t, self.win_seen = (time.perf_counter() if now is None else now), 0
+
+
 class Trainer:
     """Train a network on a labelled uint8 image array; checkpoint, resume, log.
 
@@ -752,6 +766,14 @@ class Trainer:
         return {"conv1_lowfreq": float(np.nanmedian(low_frequency_fraction(w))),
                 "conv1_rms": float(np.median(rms)), "conv1_dead": int((rms < 0.01 * np.median(rms)).sum())}
 
+    # -- fit: the loop as named steps ------------------------------------------
+    #
+    #   fit:  _begin (new run or exact resume)
+    #         for each epoch:  _train_epoch  (steps: _batch, train_step, _after_step,
+    #                                          _log_window)  -> stops mid-epoch?
+    #                          _end_epoch    (metrics, evaluation, snapshots, checkpoint)
+    #                          _stop_reason  (between epochs)
+    #         _summary
     def fit(self, resume: bool = False) -> dict:
         """Train to ``config.epochs`` (or until stopped); return a summary dict.
 
@@ -759,125 +781,173 @@ class Trainer:
         The summary has ``status`` (``"done"`` or ``"stopped"``), ``epoch``,
         ``step``, ``history`` (per-epoch metrics) and ``images_per_s``.
         """
-        cfg, st = self.config, self.state
+        self._begin(resume)
+        self.model.train()
+        session = _Session(t_start=time.perf_counter())
+        with _StopRequest() as stop:
+            while self.state.epoch < self.config.epochs:
+                why = self._train_epoch(stop, session)
+                if why is not None:  # stopped inside an epoch: an exact mid-epoch checkpoint
+                    self._stopped(why, mid_epoch=True)
+                    session.status = "stopped"
+                    break
+                self._end_epoch()
+                why = self._stop_reason(stop, session, between_epochs=True)
+                if why is not None and self.state.epoch < self.config.epochs:
+                    self._stopped(why, mid_epoch=False)
+                    session.status = "stopped"
+                    break
+        return self._summary(session)
+
+    def _begin(self, resume: bool) -> None:
+        """Restore ``last.npz`` (``resume``) or start a new run: log, config, start weights."""
+        cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self.restore()
             st = self.state
             self._truncate_log(st.step)
             self._log({"event": "resume", "completed_epochs": st.epoch, "step": st.step, "time": time.time()})
-        else:
-            if resume:
-                print(f"no checkpoint at {self.checkpoint_path}: starting a new run")
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=1))
-            if cfg.init_from is not None:
-                self.init_sha256 = load_initial_weights(self.model, cfg.init_from, self.preprocess)
-                print(f"started from the weights in {cfg.init_from} (sha256 {self.init_sha256[:12]}...)")
-            self._log({"event": "start", "step": 0, "config": self.config.to_dict(), "n_train": self.n_train,
-                       "device": self.device, "time": time.time(),
-                       **({"init_sha256": self.init_sha256} if self.init_sha256 else {})})
-            if 0 in cfg.keep_epochs:
-                self._snapshot("epoch-000.npz")
-        self.model.train()
-        t_start = time.perf_counter()
-        seen_this_session = 0
-        status = "done"
-        with _StopRequest() as stop:
-            while st.epoch < cfg.epochs:
-                if st.step_in_epoch == 0:
-                    st.perm = self.order_rng.permutation(self.n_train)
-                    st.reset_epoch()
-                r = st.running
-                win_t, win_session = time.perf_counter(), 0  # images/s counts this session only
-                bar = None
-                if self.progress:
-                    from tqdm import tqdm
+            return
+        if resume:
+            print(f"no checkpoint at {self.checkpoint_path}: starting a new run")
+        (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        if cfg.init_from is not None:
+            self.init_sha256 = load_initial_weights(self.model, cfg.init_from, self.preprocess)
+            print(f"started from the weights in {cfg.init_from} (sha256 {self.init_sha256[:12]}...)")
+        self._log({"event": "start", "step": 0, "config": cfg.to_dict(), "n_train": self.n_train,
+                   "device": self.device, "time": time.time(),
+                   **({"init_sha256": self.init_sha256} if self.init_sha256 else {})})
+        if 0 in cfg.keep_epochs:
+            self._snapshot("epoch-000.npz")
 
-                    bar = tqdm(total=self.steps_per_epoch, initial=st.step_in_epoch, unit="step",
-                               desc=f"epoch {st.epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
-                t_step = time.perf_counter()
-                while st.step_in_epoch < self.steps_per_epoch:
-                    lr = lr_at(cfg, st.step, self.steps_per_epoch)
-                    x, y = self._batch(st.step_in_epoch)
-                    log_now = (st.step + 1) % cfg.log_every == 0 or st.step_in_epoch + 1 == self.steps_per_epoch
-                    loss, correct = self.train_step(x, y, lr, ratios=log_now)
-                    for name, n in renormalize_filters(self.model, cfg.renorm_radius).items():
-                        r["renormed"][name] = r["renormed"].get(name, 0) + n
-                    loss, correct, b = float(loss), float(correct), int(y.shape[0])
-                    if not math.isfinite(loss):
-                        raise ConfigError(f"the loss became {loss} at step {st.step} (epoch {st.epoch + 1}); "
-                                          f"lower the learning rate (now {lr:.4g})")
-                    st.step += 1
-                    st.step_in_epoch += 1
-                    seen_this_session += b
-                    win_session += b
-                    for pre in ("ep_", "win_"):
-                        r[pre + "loss"] += loss * b
-                        r[pre + "correct"] += correct
-                        r[pre + "seen"] += b
-                    now = time.perf_counter()
-                    st.elapsed += now - t_step
-                    t_step = now
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{r['ep_loss'] / r['ep_seen']:.3f}",
-                                        acc=f"{r['ep_correct'] / r['ep_seen']:.3f}",
-                                        lr=f"{lr:.3g}")
-                    if st.step % cfg.log_every == 0 or st.step_in_epoch == self.steps_per_epoch:
-                        self._log({"event": "step", "epoch": st.epoch + 1, "step": st.step, "lr": lr,
-                                   "loss": r["win_loss"] / r["win_seen"], "acc": r["win_correct"] / r["win_seen"],
-                                   "images_per_s": win_session / max(now - win_t, 1e-9),
-                                   "update_ratio": getattr(self, "last_ratios", {}), **self.filter_measures()})
-                        r.update(win_loss=0.0, win_correct=0.0, win_seen=0)
-                        win_t, win_session = now, 0
-                    over_time = self.time_limit is not None and now - t_start >= self.time_limit
-                    if (stop.requested or over_time) and st.step_in_epoch < self.steps_per_epoch:
-                        status = "stopped"
-                        break
+    def _train_epoch(self, stop: "_StopRequest", session: "_Session") -> str | None:
+        """Run the rest of the current epoch; return why it stopped early, or ``None``."""
+        cfg, st = self.config, self.state
+        if st.step_in_epoch == 0:
+            st.perm = self.order_rng.permutation(self.n_train)
+            st.reset_epoch()
+        session.new_window()
+        bar = self._progress_bar()
+        t_step = time.perf_counter()
+        try:
+            while st.step_in_epoch < self.steps_per_epoch:
+                lr = lr_at(cfg, st.step, self.steps_per_epoch)
+                x, y = self._batch(st.step_in_epoch)
+                log_now = (st.step + 1) % cfg.log_every == 0 or st.step_in_epoch + 1 == self.steps_per_epoch
+                loss, correct = self.train_step(x, y, lr, ratios=log_now)
+                self._after_step(loss, correct, int(y.shape[0]), lr, session)
+                now = time.perf_counter()
+                st.elapsed += now - t_step
+                t_step = now
                 if bar is not None:
-                    bar.close()
-                if status == "stopped":
-                    self.save_checkpoint()
-                    why = stop.requested or f"time limit {self.time_limit:g} s"
-                    self._log({"event": "stop", "epoch": st.epoch + 1, "step": st.step, "reason": why})
-                    print(f"stopped ({why}) at epoch {st.epoch + 1} step {st.step_in_epoch}/{self.steps_per_epoch}; "
-                          f"checkpoint {self.checkpoint_path}: run again with --resume to continue exactly")
-                    break
-                st.epoch += 1
-                st.step_in_epoch = 0
-                st.perm = None
-                record = {"event": "epoch", "epoch": st.epoch, "step": st.step,
-                          "train_loss": r["ep_loss"] / r["ep_seen"], "train_acc": r["ep_correct"] / r["ep_seen"],
-                          "lr": lr_at(cfg, st.step - 1, self.steps_per_epoch), "renormalized": r["renormed"],
-                          "elapsed_s": st.elapsed, **self.filter_measures()}
-                if self.val_data is not None and (st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
-                    ev = evaluate(self.model, self.val_images, self.val_labels, batch_size=cfg.batch_size,
-                                  input_size=cfg.input_size, preprocess=self.preprocess, progress=self.progress)
-                    record.update(val_loss=ev["loss"], val_acc=ev["acc"], val_count=ev["count"],
-                                  val_per_class_acc=ev["per_class_acc"])
-                    print(f"epoch {st.epoch}: val top-1 {ev['acc']:.4f} ({ev['correct']}/{ev['count']}), "
-                          f"val loss {ev['loss']:.4f}")
-                st.history.append({k: v for k, v in record.items() if k != "event"})
-                self._log(record)
-                if st.epoch in cfg.keep_epochs and st.epoch != cfg.epochs:
-                    self._snapshot(f"epoch-{st.epoch:03d}.npz", {"val_acc": record.get("val_acc")})
-                if st.epoch == cfg.epochs:
-                    self._snapshot("final.npz", {"val_acc": record.get("val_acc")})
-                self.save_checkpoint()
-                over_time = self.time_limit is not None and time.perf_counter() - t_start >= self.time_limit
-                at_epoch = self.stop_at_epoch is not None and st.epoch >= self.stop_at_epoch
-                if stop.requested or over_time or at_epoch:
-                    if st.epoch < cfg.epochs:
-                        status = "stopped"
-                        why = stop.requested or (f"time limit {self.time_limit:g} s" if over_time
-                                                 else f"stop at epoch {self.stop_at_epoch}")
-                        self._log({"event": "stop", "epoch": st.epoch, "step": st.step, "reason": why})
-                        print(f"stopped ({why}) after epoch {st.epoch}; run again with --resume to continue")
-                        break
-        wall = time.perf_counter() - t_start
-        return {"status": status, "epoch": st.epoch, "step": st.step, "history": st.history,
-                "images_per_s": seen_this_session / wall if wall > 0 else float("nan"),
+                    r = st.running
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{r['ep_loss'] / r['ep_seen']:.3f}",
+                                    acc=f"{r['ep_correct'] / r['ep_seen']:.3f}", lr=f"{lr:.3g}")
+                if st.step % cfg.log_every == 0 or st.step_in_epoch == self.steps_per_epoch:
+                    self._log_window(lr, now, session)
+                why = self._stop_reason(stop, session, now=now)
+                if why is not None and st.step_in_epoch < self.steps_per_epoch:
+                    return why
+            return None
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.steps_per_epoch, initial=self.state.step_in_epoch, unit="step",
+                    desc=f"epoch {self.state.epoch + 1}/{self.config.epochs}", dynamic_ncols=True)
+
+    def _after_step(self, loss, correct, batch: int, lr: float, session: "_Session") -> None:
+        """Renormalise, check the loss is finite, and count the step in the running sums."""
+        st, r = self.state, self.state.running
+        for name, n in renormalize_filters(self.model, self.config.renorm_radius).items():
+            r["renormed"][name] = r["renormed"].get(name, 0) + n
+        loss, correct = float(loss), float(correct)
+        if not math.isfinite(loss):
+            raise ConfigError(f"the loss became {loss} at step {st.step} (epoch {st.epoch + 1}); "
+                              f"lower the learning rate (now {lr:.4g})")
+        st.step += 1
+        st.step_in_epoch += 1
+        session.seen += batch
+        session.win_seen += batch
+        for pre in ("ep_", "win_"):
+            r[pre + "loss"] += loss * batch
+            r[pre + "correct"] += correct
+            r[pre + "seen"] += batch
+
+    def _log_window(self, lr: float, now: float, session: "_Session") -> None:
+        """One ``step`` record: the mean loss/accuracy since the last one, speed, update ratios, conv1."""
+        st, r = self.state, self.state.running
+        self._log({"event": "step", "epoch": st.epoch + 1, "step": st.step, "lr": lr,
+                   "loss": r["win_loss"] / r["win_seen"], "acc": r["win_correct"] / r["win_seen"],
+                   "images_per_s": session.win_seen / max(now - session.win_t, 1e-9),
+                   "update_ratio": getattr(self, "last_ratios", {}), **self.filter_measures()})
+        r.update(win_loss=0.0, win_correct=0.0, win_seen=0)
+        session.new_window(now)
+
+    def _end_epoch(self) -> dict:
+        """Close the epoch: its record (with validation when due), snapshots, ``last.npz``."""
+        cfg, st = self.config, self.state
+        r = st.running
+        st.epoch += 1
+        st.step_in_epoch = 0
+        st.perm = None
+        record = {"event": "epoch", "epoch": st.epoch, "step": st.step,
+                  "train_loss": r["ep_loss"] / r["ep_seen"], "train_acc": r["ep_correct"] / r["ep_seen"],
+                  "lr": lr_at(cfg, st.step - 1, self.steps_per_epoch), "renormalized": r["renormed"],
+                  "elapsed_s": st.elapsed, **self.filter_measures()}
+        if self.val_data is not None and (st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
+            ev = evaluate(self.model, self.val_images, self.val_labels, batch_size=cfg.batch_size,
+                          input_size=cfg.input_size, preprocess=self.preprocess, progress=self.progress)
+            record.update(val_loss=ev["loss"], val_acc=ev["acc"], val_count=ev["count"],
+                          val_per_class_acc=ev["per_class_acc"])
+            print(f"epoch {st.epoch}: val top-1 {ev['acc']:.4f} ({ev['correct']}/{ev['count']}), "
+                  f"val loss {ev['loss']:.4f}")
+        st.history.append({k: v for k, v in record.items() if k != "event"})
+        self._log(record)
+        if st.epoch in cfg.keep_epochs and st.epoch != cfg.epochs:
+            self._snapshot(f"epoch-{st.epoch:03d}.npz", {"val_acc": record.get("val_acc")})
+        if st.epoch == cfg.epochs:
+            self._snapshot("final.npz", {"val_acc": record.get("val_acc")})
+        self.save_checkpoint()
+        return record
+
+    def _stop_reason(self, stop: "_StopRequest", session: "_Session", now: float | None = None,
+                     between_epochs: bool = False) -> str | None:
+        """Why to stop now, or ``None``: a signal, the time limit, or (between epochs) ``stop_at_epoch``."""
+        now = time.perf_counter() if now is None else now
+        if stop.requested:
+            return stop.requested
+        if self.time_limit is not None and now - session.t_start >= self.time_limit:
+            return f"time limit {self.time_limit:g} s"
+        if between_epochs and self.stop_at_epoch is not None and self.state.epoch >= self.stop_at_epoch:
+            return f"stop at epoch {self.stop_at_epoch}"
+        return None
+
+    def _stopped(self, why: str, mid_epoch: bool) -> None:
+        """Log and report a clean stop (a mid-epoch stop writes its exact checkpoint first)."""
+        st = self.state
+        if mid_epoch:
+            self.save_checkpoint()
+            self._log({"event": "stop", "epoch": st.epoch + 1, "step": st.step, "reason": why})
+            print(f"stopped ({why}) at epoch {st.epoch + 1} step {st.step_in_epoch}/{self.steps_per_epoch}; "
+                  f"checkpoint {self.checkpoint_path}: run again with --resume to continue exactly")
+        else:
+            self._log({"event": "stop", "epoch": st.epoch, "step": st.step, "reason": why})
+            print(f"stopped ({why}) after epoch {st.epoch}; run again with --resume to continue")
+
+    def _summary(self, session: "_Session") -> dict:
+        st = self.state
+        wall = time.perf_counter() - session.t_start
+        return {"status": session.status, "epoch": st.epoch, "step": st.step, "history": st.history,
+                "images_per_s": session.seen / wall if wall > 0 else float("nan"),
                 "out_dir": str(self.out_dir)}
 
 
