@@ -8,15 +8,24 @@ autograd computes exactly the paper's deconvnet, densely, as PyTorch users do.
 
 The tests use the same twin (``tests/`` imports this module) to check our forward
 passes and projections against PyTorch.
+
+One translation per layer type: :data:`TWINS` maps each zfnet layer class to a small
+``torch.nn.Module`` built from it (the same class serves the projection twin,
+:func:`twin`, and the trainable network of the training-step benchmark,
+:func:`trainable`; a ``_Build`` says which).  A layer type without an entry raises
+``TypeError`` naming the layer, so a forgotten entry fails loudly.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from zfnet import nn as znn
+from zfnet.models.squeezenet import Fire
 
 
 class RuleReLU(torch.autograd.Function):
@@ -54,14 +63,195 @@ def _t(a, device):
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
 
 
+class _Build:
+    """How the twins of one network are made.
+
+    ``training=False``: the projection twin (:func:`twin`): ``rule`` picks the ReLU's
+    and LRN's backward, max-pooling returns indices (as ours computes switches) or
+    gathers at given ``switches``, dropout is the identity or applies given masks,
+    weights are copies (or the caller's ``params``).  ``training=True``: what a
+    PyTorch user trains (:func:`trainable`): ``nn.Parameter`` weights, pooling
+    without indices, real dropout in ``train()`` mode.
+    """
+
+    def __init__(self, rule=None, device="cpu", switches=None, params=None, dropout=None,
+                 training=False, dropout_on=True):
+        self.rule, self.device, self.switches, self.params = rule, device, switches, params
+        self.dropout, self.training, self.dropout_on = dropout, training, dropout_on
+
+    def tensor(self, key: str, array):
+        """The weight under state-dict ``key``: the caller's tensor, a copy, or a parameter."""
+        if array is None:
+            return None
+        if self.params is not None:
+            return self.params[key]
+        t = _t(array, self.device)
+        return torch.nn.Parameter(t) if self.training else t
+
+    def relu(self, t):
+        return F.relu(t) if self.rule is None else RuleReLU.apply(t, self.rule)
+
+
+class _Twin(torch.nn.Module):
+    """Base: ``forward(x, acts=None)``; a composite layer records its inner activations in ``acts``."""
+
+    def __init__(self, build: _Build):
+        super().__init__()
+        self.build = build
+
+
+class _Conv(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.weight, self.bias = build.tensor(f"{key}.weight", layer.weight), build.tensor(f"{key}.bias", layer.bias)
+        self.args, self.relu = (layer.stride, layer.padding, layer.dilation, layer.groups), layer.relu
+
+    def forward(self, x, acts=None):
+        x = F.conv2d(x, self.weight, self.bias, *self.args)
+        return self.build.relu(x) if self.relu else x
+
+
+class _Linear(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.weight, self.bias = build.tensor(f"{key}.weight", layer.weight), build.tensor(f"{key}.bias", layer.bias)
+        self.relu = layer.relu
+
+    def forward(self, x, acts=None):
+        x = F.linear(x, self.weight, self.bias)
+        return self.build.relu(x) if self.relu else x
+
+
+class _MaxPool(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.args = (layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode)
+        self.switches = None if build.switches is None else build.switches.get(layer.name)
+
+    def forward(self, x, acts=None):
+        if self.switches is not None:  # gather at given flat indices (N, C, h, w); autograd scatter-adds
+            idx = torch.as_tensor(np.asarray(self.switches), device=x.device)
+            return x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
+        if self.build.training:  # training does not need the indices
+            return F.max_pool2d(x, *self.args)
+        return F.max_pool2d(x, *self.args, return_indices=True)[0]
+
+
+class _AvgPool(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.args = (layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
+
+    def forward(self, x, acts=None):
+        # count_include_pad: divide by the window clipped to the padded map, Caffe's divisor
+        return F.avg_pool2d(x, *self.args, count_include_pad=True)
+
+
+class _LRN(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        if getattr(layer, "region", "across_channels") != "across_channels":
+            raise TypeError(f"no PyTorch twin for {layer!r}: PyTorch has no within-channel LRN")
+        self.args = (layer.size, layer.alpha, layer.beta, layer.k)
+
+    def forward(self, x, acts=None):
+        if self.build.rule is None:
+            return F.local_response_norm(x, *self.args)
+        return PassLRN.apply(x, *self.args)
+
+
+class _Dropout(_Twin):
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.p = layer.p if build.dropout_on else 0.0
+        self.mask = None if build.dropout is None else build.dropout.get(layer.name)
+
+    def forward(self, x, acts=None):
+        if self.build.training:
+            return F.dropout(x, self.p, self.training)
+        if self.mask is not None:  # inverted dropout with the caller's keep mask
+            return x * torch.as_tensor(np.asarray(self.mask), device=x.device) / (1 - self.p)
+        return x
+
+
+class _Pointwise(_Twin):
+    """ReLU, Flatten, Softmax, adaptive average pooling: no parameters."""
+
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.layer = layer
+
+    def forward(self, x, acts=None):
+        layer = self.layer
+        if isinstance(layer, znn.ReLU):
+            return self.build.relu(x)
+        if isinstance(layer, znn.Flatten):
+            return x.flatten(1)
+        if isinstance(layer, znn.Softmax):
+            return F.softmax(x, dim=1)
+        return F.adaptive_avg_pool2d(x, layer.output_size)
+
+
+class _Concat(_Twin):
+    """Branches of twins on one input, concatenated along channels (a ``Concat`` layer)."""
+
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.names = [[inner.name for inner in branch] for branch in layer.branches]
+        self.branches = torch.nn.ModuleList(
+            torch.nn.ModuleList(twin_of(inner, build, f"{key}.{inner.name}") for inner in branch)
+            for branch in layer.branches)
+
+    def forward(self, x, acts=None):
+        outs = []
+        for names, branch in zip(self.names, self.branches):
+            h = x
+            for name, m in zip(names, branch):
+                h = m(h, acts)
+                if acts is not None:
+                    acts[name] = h
+            outs.append(h)
+        return torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+
+
+class _Fire(_Twin):
+    """SqueezeNet's fire module: squeeze, then the two expand branches concatenated."""
+
+    def __init__(self, layer, build, key):
+        super().__init__(build)
+        self.names = [getattr(layer, b).name for b in Fire.BRANCHES]
+        self.squeeze, self.e1, self.e3 = (_Conv(getattr(layer, b), build, f"{key}.{b}") for b in Fire.BRANCHES)
+
+    def forward(self, x, acts=None):
+        s = self.squeeze(x)
+        e1, e3 = self.e1(s), self.e3(s)
+        if acts is not None:
+            acts.update(zip(self.names, (s, e1, e3)))
+        return torch.cat([e1, e3], dim=1)
+
+
+#: zfnet layer class -> its twin (looked up along the class's MRO).
+TWINS = {znn.Conv2d: _Conv, znn.Linear: _Linear, znn.MaxPool2d: _MaxPool, znn.AvgPool2d: _AvgPool,
+         znn.LRN: _LRN, znn.Dropout: _Dropout, znn.ReLU: _Pointwise, znn.Flatten: _Pointwise,
+         znn.Softmax: _Pointwise, znn.AdaptiveAvgPool2d: _Pointwise, znn.Concat: _Concat, Fire: _Fire}
+
+
+def twin_of(layer, build: _Build, key: str | None = None) -> _Twin:
+    """The twin module of one layer (``key``: its state-dict prefix, default its name)."""
+    for cls in type(layer).__mro__:
+        if cls in TWINS:
+            return TWINS[cls](layer, build, layer.name if key is None else key)
+    raise TypeError(f"no PyTorch twin for {layer!r}")
+
+
 def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | None = None,
          params: dict | None = None, dropout: dict | None = None):
     """``run(x, upto=None, record=None) -> tensor``: the activation ``upto`` (or the output).
 
     ``rule=None``: PyTorch's own ReLU and LRN.  Otherwise the projection twin.  The
     weights live on ``device`` (``"cuda"`` for the GPU benchmark).  ``upto`` may name a
-    branch of a fire module (``"fire3/squeeze"``); pass a dict as ``record`` to collect
-    every named activation on the way (the tests compare them layer by layer).
+    branch of a composite layer (``"fire3/squeeze"``); pass a dict as ``record`` to
+    collect every named activation on the way (the tests compare them layer by layer).
 
     ``switches`` (pool name -> int64 (N, C, h, w), e.g. ``trace.switches``): pool by
     gathering at these flat indices instead of letting PyTorch choose the maxima.  Its
@@ -77,70 +267,15 @@ def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | N
     training-mode trace): apply inverted dropout with these masks; without it dropout
     is the identity.  A layer type the twin does not know raises ``TypeError``.
     """
-    weights = {}
-    for layer in model.layers:
-        for prefix, lin in [(layer.name, layer)] if isinstance(layer, znn.Linear) else _named_convs(layer):
-            if params is not None:
-                weights[lin.name] = (params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
-            else:
-                weights[lin.name] = (_t(lin.weight, device), _t(lin.bias, device))
-
-    def relu(t):
-        return F.relu(t) if rule is None else RuleReLU.apply(t, rule)
-
-    def conv(layer, x):
-        w, b = weights[layer.name]
-        x = F.conv2d(x, w, b, layer.stride, layer.padding, layer.dilation, layer.groups)
-        return relu(x) if layer.relu else x
+    build = _Build(rule, device, switches, params, dropout)
+    twins = [(layer, twin_of(layer, build)) for layer in model.layers]
 
     def run(x, upto=None, record=None):
         acts = {} if record is None else record
-        for layer in model.layers:
-            if isinstance(layer, znn.Conv2d):
-                x = conv(layer, x)
-            elif isinstance(layer, znn.MaxPool2d) and switches is not None and layer.name in switches:
-                idx = torch.as_tensor(np.asarray(switches[layer.name]), device=x.device)  # (N, C, h, w)
-                x = x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-            elif isinstance(layer, znn.MaxPool2d):
-                x, _ = F.max_pool2d(x, layer.kernel_size, layer.stride, layer.padding, 1, layer.ceil_mode,
-                                    return_indices=True)
-            elif isinstance(layer, znn.LRN):
-                if getattr(layer, "region", "across_channels") != "across_channels":
-                    raise TypeError(f"no PyTorch twin for {layer!r}: PyTorch has no within-channel LRN")
-                args = (layer.size, layer.alpha, layer.beta, layer.k)
-                x = F.local_response_norm(x, *args) if rule is None else PassLRN.apply(x, *args)
-            elif isinstance(layer, znn.ReLU):
-                x = relu(x)
-            elif isinstance(layer, znn.AvgPool2d):
-                # count_include_pad: divide by the window clipped to the padded map, Caffe's divisor
-                x = F.avg_pool2d(x, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                 count_include_pad=True)
-            elif isinstance(layer, znn.Softmax):
-                x = F.softmax(x, dim=1)
-            elif isinstance(layer, znn.Flatten):
-                x = x.flatten(1)
-            elif isinstance(layer, znn.Linear):
-                w, b = weights[layer.name]
-                x = F.linear(x, w, b)
-                x = relu(x) if layer.relu else x
-            elif isinstance(layer, znn.AdaptiveAvgPool2d):
-                x = F.adaptive_avg_pool2d(x, layer.output_size)
-            elif isinstance(layer, znn.Dropout):
-                if dropout is not None and layer.name in dropout:
-                    keep = torch.as_tensor(np.asarray(dropout[layer.name]), device=x.device)
-                    x = x * keep / (1 - layer.p)
-            elif _convs(layer):  # a fire module: squeeze, then two expand branches concatenated
-                squeeze, e1, e3 = _convs(layer)
-                s = acts[squeeze.name] = conv(squeeze, x)
-                acts[e1.name], acts[e3.name] = conv(e1, s), conv(e3, s)
-                if upto in (squeeze.name, e1.name, e3.name):
-                    return acts[upto]
-                x = torch.cat([acts[e1.name], acts[e3.name]], dim=1)
-            else:
-                raise TypeError(f"no PyTorch twin for {layer!r}")
-            acts[layer.name] = x
-            if layer.name == upto:
-                break
+        for layer, m in twins:
+            x = acts[layer.name] = m(x, acts)
+            if upto is not None and upto in layer.names():
+                return acts[upto]
         return x
 
     return run
@@ -161,52 +296,15 @@ def torch_projection(model, x: np.ndarray, layer: str, units, rule: str = "decon
     return np.stack(out)
 
 
-def _named_convs(layer) -> list:
-    """``[(state-dict prefix, Conv2d)]`` of a convolution or of a fire module's three."""
-    if isinstance(layer, znn.Conv2d):
-        return [(layer.name, layer)]
-    names = ("squeeze", "expand1x1", "expand3x3")
-    return [(f"{layer.name}.{b}", conv) for b, conv in zip(names, _convs(layer))]
-
-
-def _convs(layer) -> list:
-    if isinstance(layer, znn.Conv2d):
-        return [layer]
-    branches = [getattr(layer, b, None) for b in ("squeeze", "expand1x1", "expand3x3")]
-    return branches if all(isinstance(b, znn.Conv2d) for b in branches) else []
-
-
 def trainable(model, dropout: bool = True) -> "torch.nn.Sequential":
-    """A plain ``torch.nn.Sequential`` with ``model``'s layers and a copy of its weights.
+    """A ``torch.nn.Sequential`` of ``model``'s layers with a copy of its weights as parameters.
 
-    What a PyTorch user trains: ``nn.Conv2d`` + ``nn.ReLU``, ``nn.LocalResponseNorm``,
-    ``nn.MaxPool2d`` (no indices: training does not need them), ``nn.Linear``,
-    ``nn.Dropout`` (``p=0`` with ``dropout=False``, for a deterministic check).  Used
-    by the training-step benchmark; chains of conv/pool/LRN/fc layers only.
+    What a PyTorch user trains: ``F.conv2d`` / ``F.linear`` on ``nn.Parameter``
+    weights (what ``nn.Conv2d`` / ``nn.Linear`` run), ``F.relu``, pooling without
+    indices, ``F.local_response_norm``, dropout in ``train()`` mode (``p=0`` with
+    ``dropout=False``, for a deterministic check).  Used by the training-step
+    benchmark; the same twins as :func:`twin`.  Children are named as the layers
+    (``dict(seq.named_children())["conv1"].weight``).
     """
-    mods = []
-    for layer in model.layers:
-        if isinstance(layer, znn.Conv2d):
-            o, i, kh, kw = layer.weight.shape
-            m = torch.nn.Conv2d(i * layer.groups, o, (kh, kw), layer.stride, layer.padding, groups=layer.groups)
-            with torch.no_grad():
-                m.weight.copy_(_t(layer.weight, "cpu"))
-                m.bias.copy_(_t(layer.bias, "cpu"))
-            mods += [m] + ([torch.nn.ReLU()] if layer.relu else [])
-        elif isinstance(layer, znn.MaxPool2d):
-            mods.append(torch.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode))
-        elif isinstance(layer, znn.LRN):
-            mods.append(torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k))
-        elif isinstance(layer, znn.Flatten):
-            mods.append(torch.nn.Flatten())
-        elif isinstance(layer, znn.Linear):
-            m = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
-            with torch.no_grad():
-                m.weight.copy_(_t(layer.weight, "cpu"))
-                m.bias.copy_(_t(layer.bias, "cpu"))
-            mods += [m] + ([torch.nn.ReLU()] if layer.relu else [])
-        elif isinstance(layer, znn.Dropout):
-            mods.append(torch.nn.Dropout(layer.p if dropout else 0.0))
-        else:
-            raise TypeError(f"no trainable PyTorch twin for {layer!r}")
-    return torch.nn.Sequential(*mods)
+    build = _Build(training=True, dropout_on=dropout)
+    return torch.nn.Sequential(OrderedDict((layer.name, twin_of(layer, build)) for layer in model.layers))

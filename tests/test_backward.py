@@ -155,3 +155,38 @@ def test_the_torch_twin_knows_caffe_graph_layers(rng, ceil):
     twin(net)(torch.from_numpy(x), record=theirs)
     for name in ("r1", "a1", "prob"):  # float32 rounding of a 27-term conv, carried through
         np.testing.assert_allclose(theirs[name].numpy(), ours[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_torch_twin_knows_concat_and_trains_the_same_layers(rng):
+    """The twin's one table serves both uses: a ``Concat`` layer (an empty branch too)
+    in the projection twin, and ``trainable()`` (parameters, real dropout) whose
+    gradients equal ours (dropout off) on the same small network."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_twin import trainable, twin
+    from zfnet.nn import Concat
+
+    net = Network([Conv2d("c1", 3, 4, 3, padding=1, rng=rng),
+                   Concat("mix", [[Conv2d("mix/a", 4, 2, 1, rng=rng)],
+                                  [Conv2d("mix/b", 4, 3, 3, padding=1, rng=rng), ReLU("mix/r")], []]),
+                   MaxPool2d("p1", 2, 2), Flatten("flat"), Linear("fc", 9 * 4 * 4, 3, relu=False, rng=rng)],
+                  {"arch": "t", "num_classes": 3, "input_size": [8, 8]})
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    net.train()  # keep what backward needs (there is no dropout here: same outputs)
+    trace = net.forward(x)
+    theirs = {}
+    twin(net)(torch.from_numpy(x), record=theirs)
+    for name in ("mix/a", "mix/r", "mix", "fc"):
+        np.testing.assert_allclose(theirs[name].numpy(), trace.activations[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert twin(net)(torch.from_numpy(x), upto="mix/b").shape == (2, 3, 8, 8)
+
+    labels = np.array([0, 2])
+    loss, dlogits = softmax_cross_entropy(trace.output, labels)
+    net.backward(dlogits, trace, input_grad=False)
+    ref = trainable(net, dropout=False)
+    assert sum(p.numel() for p in ref.parameters()) == sum(v.size for v in net.state_dict().values())
+    lt = torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(labels))
+    lt.backward()
+    mods = dict(ref.named_children())
+    assert float(lt.detach()) == pytest.approx(float(loss), rel=1e-5)
+    np.testing.assert_allclose(mods["fc"].weight.grad.numpy(), net.gradients()["fc.weight"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mods["c1"].weight.grad.numpy(), net.gradients()["c1.weight"], rtol=1e-4, atol=1e-6)
