@@ -295,6 +295,9 @@ def test_training_commands_check_files_first(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):  # neither --run nor --checkpoints
         main(["fig4", "--data", "data"])
     assert "--run" in capsys.readouterr().err
+    err = refused(["fig4", "--checkpoints", "w.npz", "w.npz", "--labels", "a", "--data", "data", "--split", "val",
+                   "--out", "f4.png"], capsys, "--labels")
+    assert "1 labels for 2" in err
     err = refused(["fig6", "--weights", "w.npz", "w.npz", "--labels", "one", "--data", "data"], capsys, "--labels")
     assert "1 labels for 2" in err
     refused(["fig6", "--weights", "w.npz", "--data", "data", "--out", "fig6"], capsys, "--out")

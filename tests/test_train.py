@@ -339,6 +339,12 @@ def test_cli_pack_train_resume_evaluate(tmp_path, capsys):
                  "--json", str(tmp_path / "f4.json"), "--device", "cpu"]) == 0
     rec = json.loads((tmp_path / "f4.json").read_text())
     assert rec["columns"] == ["epoch 1", "epoch 2 (final)"] and (tmp_path / "f4.png").stat().st_size > 0
+    # checkpoints from several runs (a warm restart counts from 0 again): titles given
+    assert main(["fig4", "--checkpoints", str(tmp_path / "run" / "epoch-001.npz"), str(tmp_path / "run" / "final.npz"),
+                 "--labels", "ep 1", "ep 2", "--data", str(tmp_path / "packed"), "--images", "3", "--units", "1",
+                 "--layers", "conv1", "--out", str(tmp_path / "f4b.png"), "--json", str(tmp_path / "f4b.json"),
+                 "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "f4b.json").read_text())["columns"] == ["ep 1", "ep 2"]
     from zfnet.models import alexnet
     from zfnet.weights import save
 

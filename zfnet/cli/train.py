@@ -166,6 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f4.add_argument("--layers", nargs="+", default=None, help="layers, e.g. conv1 conv2 (default: every conv layer)")
     f4.add_argument("--tile", type=positive_int, default=64, help="side of each projection in pixels (default 64)")
     f4.add_argument("--seed", type=nonnegative_int, default=0, help="seed for the choice of units (default 0)")
+    f4.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                    help="column titles, one per checkpoint (default: the epoch each file records; give them "
+                         "when checkpoints come from several runs, e.g. a warm restart counting from 0 again)")
     f4.add_argument("--out", default="fig4.png", metavar="NAME.png",
                     help="output .png, relative to the current folder (default fig4.png; replaced only with --force)")
     f4.add_argument("--json", default=None, metavar="NAME.json",
@@ -257,6 +260,9 @@ def check_fig4(args: argparse.Namespace) -> None:
                                              "(expected epoch-*.npz and final.npz from zfnet train)")
     for path in args.checkpoints or ():
         _args.existing_file("--checkpoints", path)
+    if args.labels is not None and args.checkpoints is not None and len(args.labels) != len(args.checkpoints):
+        raise argparse.ArgumentTypeError(f"argument --labels: {len(args.labels)} labels for "
+                                         f"{len(args.checkpoints)} checkpoints; give one per file")
     _check_data("--data", args.data, [args.split])
     _args.output_file("--out", args.out, ".png", args.force)
     _check_json(args)
@@ -437,11 +443,15 @@ def run_fig4(args: argparse.Namespace) -> int:
         raise ConfigError("fig4 needs --run or --checkpoints")
     if not paths:
         raise ConfigError(f"no checkpoints found ({args.run}/epoch-*.npz, final.npz)")
+    if args.labels is not None and len(args.labels) != len(paths):
+        raise ConfigError(f"--labels: {len(args.labels)} labels for {len(paths)} checkpoints "
+                          f"({', '.join(p.name for p in paths)}); give one per file")
     device = _device(args.device)
     models = []
     for i, p in enumerate(paths):
         m = load(p).to(device)
-        models.append((_epoch_label(m, p, i == len(paths) - 1 and p.name == "final.npz"), m))
+        label = args.labels[i] if args.labels else _epoch_label(m, p, i == len(paths) - 1 and p.name == "final.npz")
+        models.append((label, m))
     subset = _subset(args.data, args.split, args.images, models[-1][1].input_size[0])
     pic, record = evolution_figure(models, subset.images, args.layers, args.units, args.tile, args.seed)
     save_png(pic, args.out)
