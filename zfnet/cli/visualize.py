@@ -242,10 +242,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--units", type=_args.units, default=16,
                    help="units drawn per layer: a number (chosen reproducibly), 'all', or channels like 3,17,40 "
                         "(default 16); every channel is mined and written to top9.json regardless")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT/topk_state.npz")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/topk_state.npz (with --workers/--scheduler: mine only "
+                        "the shards missing from OUT/shards/)")
     p.add_argument("--batch-size", type=_args.positive_int, default=32,
                    help="images per forward pass while mining (default 32)")
-    p.add_argument("--workers", type=_args.positive_int, default=2, help="image decoding threads (default 2)")
+    p.add_argument("--decode-threads", type=_args.positive_int, default=2,
+                   help="image decoding threads per process (default 2)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_args.positive_int, default=None, metavar="N",
+                       help="mine and project on a local Dask cluster of N worker processes, one thread each "
+                            "(needs pip install 'zfnet[dask]'); top9.json is identical to a single-process run")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="mine and project on an existing Dask cluster (e.g. tcp://host:8786, started with "
+                            "'dask scheduler' and 'dask worker'); every worker must read the images at the same "
+                            "path and run the same zfnet")
+    p.add_argument("--shard-size", type=_args.positive_int, default=None, metavar="N",
+                   help="with --workers/--scheduler: images per task, rounded up to a multiple of --batch-size "
+                        "(default 512); finished shards are saved in OUT/shards/ for --resume")
     p.add_argument("--seed", type=_args.nonnegative_int, default=0, help="seed for choosing units (default 0)")
     p.add_argument("--rule", default="deconvnet", choices=("deconvnet", "backprop", "guided"),
                    help="ReLU rule on the way down: deconvnet rectifies the projected signal (the paper), "
@@ -317,6 +331,20 @@ def check_top9(args: argparse.Namespace) -> None:
     _check_model_args(args)
     _args.existing_folder("--images", args.images)
     _args.output_folder("--out", args.out)
+    if args.workers is not None or args.scheduler is not None:
+        import importlib.util
+
+        from ..cluster import INSTALL_HINT
+
+        flag = "--workers" if args.workers is not None else "--scheduler"
+        if importlib.util.find_spec("distributed") is None:
+            raise argparse.ArgumentTypeError(f"argument {flag}: needs dask.distributed, which is not installed: "
+                                             f"{INSTALL_HINT}")
+        if args.device not in (None, "auto", "cpu"):
+            raise argparse.ArgumentTypeError(f"argument {flag}: Dask workers compute on their CPUs; "
+                                             f"leave out --device {args.device}")
+    elif args.shard_size is not None:
+        raise argparse.ArgumentTypeError("argument --shard-size: only with --workers or --scheduler")
 
 
 def check_filters(args: argparse.Namespace) -> None:
@@ -367,10 +395,11 @@ def run_top9_cmd(args: argparse.Namespace) -> int:
     model, label, digest = load_model(weights, arch, args.prototxt, args.mean)
     _check_layers(model, args.layers, "--layers")
     _prepare(model, args.device)
+    cluster = args.workers if args.workers is not None else args.scheduler
     result = run_top9(model, args.images, args.out, layers=args.layers, k=args.k, units=args.units,
-                      resume=args.resume, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                      resume=args.resume, batch_size=args.batch_size, workers=args.decode_threads, seed=args.seed,
                       weights_label=label, weights_digest=digest, rule=args.rule, gallery=not args.no_gallery,
-                      stop=args.limit, tile=args.tile)
+                      stop=args.limit, tile=args.tile, cluster=cluster, shard_size=args.shard_size)
     print(result.summary())
     return 0
 

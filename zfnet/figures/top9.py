@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -223,6 +224,8 @@ def run_top9(
     progress: bool = True,
     device: str | None = None,
     stop: int | None = None,
+    cluster: Any = None,
+    shard_size: int | None = None,
 ) -> Top9Result:
     """Mine, project, draw and write everything for one model and one image folder.
 
@@ -265,6 +268,15 @@ def run_top9(
         agree with the model (a ``ConfigError`` otherwise).
     stop : int, optional
         Mine only files ``[0, stop)`` (tests, quick looks).
+    cluster : int, str or distributed.Client, optional
+        Mine and project on a Dask cluster (:mod:`zfnet.cluster`): a number of
+        local worker processes (one thread each), a scheduler address, or a
+        client.  ``top9.json`` is identical to the single-process one.  Finished
+        shards are saved in ``out/shards/``; ``resume=True`` mines only the others.
+        Needs ``dask.distributed`` (``pip install 'zfnet[dask]'``).
+    shard_size : int, optional
+        Images per shard (rounded up to a multiple of ``batch_size``); default
+        :data:`zfnet.cluster.DEFAULT_SHARD_SIZE`.
 
     Returns
     -------
@@ -279,7 +291,7 @@ def run_top9(
     opts = Top9Options(layers=layers, k=k, units=units, resume=resume, batch_size=batch_size, workers=workers,
                        seed=seed, transform=transform, weights_label=weights_label, weights_digest=weights_digest,
                        save_every=save_every, rule=rule, tile=tile, gallery=gallery, progress=progress,
-                       device=device, stop=stop)
+                       device=device, stop=stop, cluster=cluster, shard_size=shard_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out, "zfnet top9"):
@@ -313,6 +325,8 @@ class Top9Options:
     progress: bool = True
     device: str = "cpu"
     stop: int | None = None
+    cluster: Any = None
+    shard_size: int | None = None
 
 
 @dataclass
@@ -339,9 +353,16 @@ _INTERRUPT_AFTER: int | None = None
 def _run_top9(model, images, out: Path, opts: Top9Options) -> Top9Result:
     """:func:`run_top9`'s steps, run while holding the lock on ``out``."""
     t_start = time.perf_counter()
-    mined = mine_step(model, images, out, opts)
-    records, doc = records_step(model, out, opts, mined)
-    by_layer, views, lost, decoded = projections_step(model, out, opts, mined, records, doc)
+    if opts.cluster is None:
+        client_context = contextlib.nullcontext(None)
+    else:
+        from ..cluster import cluster_client
+
+        client_context = cluster_client(opts.cluster)
+    with client_context as client:
+        mined = mine_step(model, images, out, opts, client=client)
+        records, doc = records_step(model, out, opts, mined)
+        by_layer, views, lost, decoded = projections_step(model, out, opts, mined, records, doc, client=client)
     figures, thumbs, first = figures_step(model, out, opts, mined, by_layer)
     gallery_index = gallery_step(model, out, opts, mined, by_layer, views, lost, figures, thumbs, first, decoded)
     _remove_stale_figures(out, figures.values())
@@ -357,8 +378,13 @@ def _run_top9(model, images, out: Path, opts: Top9Options) -> Top9Result:
     )
 
 
-def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
-    """Step 1: the top k of every channel over the folder, checkpointed to ``out/topk_state.npz``."""
+def mine_step(model, images, out: Path, opts: Top9Options, client=None) -> Mined:
+    """Step 1: the top k of every channel over the folder, checkpointed to ``out/topk_state.npz``.
+
+    With a Dask ``client`` the folder is mined in shards on the cluster
+    (:func:`zfnet.cluster.mine_on_cluster`), each finished shard saved in
+    ``out/shards/``, and the merged state written to ``out/topk_state.npz``.
+    """
     folder = images if isinstance(images, ImageFolder) else ImageFolder(images)
     transform = opts.transform or transform_for(model)
     layers = list(opts.layers) if opts.layers else model.feature_layer_names()
@@ -367,8 +393,10 @@ def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
     size = transform.config.input_size
     shapes = activation_shapes(model, layers, size)
     state_path, paths_path = out / "topk_state.npz", out / "topk_paths.json"
+    shards_dir = out / "shards"
     lost_since: list[str] = []
-    if opts.resume and state_path.exists():
+    resuming = opts.resume and (state_path.exists() or (client is not None and any(shards_dir.glob("shard-*.npz"))))
+    if resuming:
         folder, lost_since = _resume_listing(folder, paths_path)
     n_files = len(folder) if opts.stop is None else min(opts.stop, len(folder))
     fingerprint = {
@@ -378,6 +406,9 @@ def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
         "n_files": len(folder),
         "transform": transform.config.to_dict(),
     }
+    if client is not None:
+        return _mine_on_cluster_step(client, model, folder, transform, layers, shapes, fingerprint, n_files,
+                                     out, opts, resuming, lost_since)
     start = 0
     if opts.resume and state_path.exists():
         state = TopK.load(state_path)
@@ -410,6 +441,39 @@ def mine_step(model, images, out: Path, opts: Top9Options) -> Mined:
     rate = (state.n_images - n_before) / seconds if seconds > 0 else 0.0
     return Mined(folder=folder, transform=transform, layers=layers, shapes=shapes, state=state, n_files=n_files,
                  start=start, lost_since=lost_since, seconds=seconds, rss_mib=peak_rss_mib(), rate=rate)
+
+
+def _mine_on_cluster_step(client, model, folder, transform, layers, shapes, fingerprint, n_files, out, opts,
+                          resuming, lost_since) -> Mined:
+    """:func:`mine_step` on a Dask cluster: shards, saved as they finish, merged in order."""
+    from ..cluster import DEFAULT_SHARD_SIZE, mine_on_cluster
+
+    state_path, paths_path = out / "topk_state.npz", out / "topk_paths.json"
+    if not resuming:
+        state_path.unlink(missing_ok=True)
+        atomic_write(paths_path, lambda fh: fh.write(json.dumps(folder.paths).encode("utf-8")))
+    t0 = time.perf_counter()
+    with _progress_bar(n_files, 0, "mining", opts.progress) as bar:
+        counts = {"done": 0, "total": 0, "resumed_images": None}
+
+        def progress(images: int, shards: int, total: int) -> None:
+            if counts["resumed_images"] is None:  # the first call reports what an earlier run finished
+                counts["resumed_images"] = images
+            bar.update(images)
+            counts["done"] += shards
+            counts["total"] = total or counts["total"]
+            bar.set_postfix_str(f"shards {counts['done']}/{counts['total']}")
+
+        state = mine_on_cluster(client, model, folder, transform, layers, shapes, opts.k, fingerprint, n_files,
+                                batch_size=opts.batch_size, shard_size=opts.shard_size or DEFAULT_SHARD_SIZE,
+                                threads=opts.workers, shards_dir=out / "shards", resume=resuming,
+                                progress=progress)
+    state.save(state_path)
+    seconds = time.perf_counter() - t0
+    mined_now = n_files - (counts["resumed_images"] or 0)  # files, skipped ones included
+    rate = mined_now / seconds if seconds > 0 and mined_now else 0.0
+    return Mined(folder=folder, transform=transform, layers=layers, shapes=shapes, state=state, n_files=n_files,
+                 start=0, lost_since=lost_since, seconds=seconds, rss_mib=peak_rss_mib(), rate=rate)
 
 
 def _device_mover(opts: Top9Options):
@@ -458,7 +522,8 @@ def records_step(model, out: Path, opts: Top9Options, mined: Mined) -> tuple[lis
     return records, doc
 
 
-def projections_step(model, out: Path, opts: Top9Options, mined: Mined, records: list[dict], doc: dict):
+def projections_step(model, out: Path, opts: Top9Options, mined: Mined, records: list[dict], doc: dict,
+                     client=None):
     """Step 3: patches and projections of the drawn units; returns ``(by_layer, views, lost, decoded)``.
 
     ``by_layer[layer][channel]`` lists that unit's :class:`UnitView` s; ``lost`` maps
@@ -471,8 +536,14 @@ def projections_step(model, out: Path, opts: Top9Options, mined: Mined, records:
     with _progress_bar(len(wanted), 0, "projecting", opts.progress, unit="unit") as bar:
         lost: dict[int, str] = {}
         decoded: dict[int, np.ndarray] = {}
-        views = unit_views(model, folder, mined.transform, wanted, rule=opts.rule, progress=bar.update,
-                           to_device=_device_mover(opts), unreadable=lost, decoded=decoded)
+        if client is not None:  # on the cluster's workers, chunks of records grouped by image
+            from ..cluster import views_on_cluster
+
+            views, lost, decoded = views_on_cluster(client, model, folder, mined.transform, wanted, rule=opts.rule,
+                                                    progress=bar.update)
+        else:
+            views = unit_views(model, folder, mined.transform, wanted, rule=opts.rule, progress=bar.update,
+                               to_device=_device_mover(opts), unreadable=lost, decoded=decoded)
     views = [v for v in views if v is not None]  # records of images gone since mining keep their slot empty
     if lost:
         doc["unreadable_at_figures"] = [{"image": int(n), "path": display_path(folder.paths[n]), "reason": why}
