@@ -157,11 +157,14 @@ def _part_of(folder, indices) -> Any:
 
 # -- the model on the workers ----------------------------------------------------------
 
-def _host_model(model):
-    """``model`` with NumPy parameters (a copy if they live on the GPU): what workers get."""
-    if model.xp is np:
-        return model
-    return copy.deepcopy(model).to("cpu")
+def _host_model(model, layers):
+    """What workers get: ``model`` up to the deepest of ``layers`` (ZFNet's conv5 needs 15 MB
+    of its 230 MB), with NumPy parameters (a copy if they live on the GPU)."""
+    from .models import Network
+
+    top = max(layers, key=model.layer_names().index)
+    part = Network(model.layers[: model.layers.index(model.layer(top)) + 1], model.config)
+    return part if part.xp is np else copy.deepcopy(part).to("cpu")
 
 
 def _model_task(model):
@@ -272,7 +275,7 @@ def mine_on_cluster(client, model, folder, transform, layers: list[str], shapes:
         progress(sum(hi - lo for lo, hi in plan if lo in done), len(done), len(plan))
     if todo:
         run = uuid.uuid4().hex[:12]
-        shipped = client.submit(_model_task, _host_model(model), key=f"zfnet-model-{run}", pure=False)
+        shipped = client.submit(_model_task, _host_model(model, layers), key=f"zfnet-model-{run}", pure=False)
         tcfg = transform.config.to_dict()
         futures = {}
         for lo, hi in todo:
@@ -318,7 +321,8 @@ def views_on_cluster(client, model, folder, transform, records: list[dict], *, r
     if not records:
         return views, unreadable, decoded
     run = uuid.uuid4().hex[:12]
-    shipped = client.submit(_model_task, _host_model(model), key=f"zfnet-model-{run}", pure=False)
+    shipped = client.submit(_model_task, _host_model(model, {r["layer"] for r in records}),
+                            key=f"zfnet-model-{run}", pure=False)
     tcfg = transform.config.to_dict()
     futures = {}
     for n, chunk in enumerate(chunks):
