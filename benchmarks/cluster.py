@@ -78,13 +78,10 @@ def _worker_rss():
 
 def cluster(images: int, batch: int, workers: int, shard_size: int, out: Path) -> dict:
     """A local cluster of ``workers`` processes, one thread each."""
-    import distributed
-
-    from zfnet.cluster import mine_on_cluster, plan_shards
+    from zfnet.cluster import cluster_client, mine_on_cluster, plan_shards
 
     model, layers, transform, folder, n, shapes, fingerprint, TopK = _setup(images)
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
+    with cluster_client(workers) as client:  # the local cluster `zfnet top9 --workers N` starts
         client.run(lambda: None)  # workers are up before the clock starts
         t0 = time.perf_counter()
         state = mine_on_cluster(client, model, folder, transform, layers, shapes, 9, fingerprint, n,
