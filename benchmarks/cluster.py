@@ -51,7 +51,7 @@ def _setup(images: int):
     return model, layers, transform, folder, n, shapes, fingerprint, TopK
 
 
-def single(images: int, batch: int) -> dict:
+def single(images: int, batch: int, decode: int = 1) -> dict:
     """One process, the threads its environment sets."""
     import resource
 
@@ -60,7 +60,7 @@ def single(images: int, batch: int) -> dict:
 
     model, layers, transform, folder, n, shapes, fingerprint, TopK = _setup(images)
     state = TopK(shapes, 9, fingerprint)
-    batches = ImageBatches(folder, transform, batch_size=batch, workers=1, stop=n)
+    batches = ImageBatches(folder, transform, batch_size=batch, workers=decode, stop=n)
     top = layers[-1]
     t0 = time.perf_counter()
     mine(lambda x: model.forward(x, upto=top, keep=layers, caches=False).activations, batches, state)
@@ -76,7 +76,7 @@ def _worker_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cluster(images: int, batch: int, workers: int, shard_size: int, out: Path) -> dict:
+def cluster(images: int, batch: int, workers: int, shard_size: int, out: Path, decode: int = 1) -> dict:
     """A local cluster of ``workers`` processes, one thread each."""
     from zfnet.cluster import cluster_client, mine_on_cluster, plan_shards
 
@@ -85,7 +85,7 @@ def cluster(images: int, batch: int, workers: int, shard_size: int, out: Path) -
         client.run(lambda: None)  # workers are up before the clock starts
         t0 = time.perf_counter()
         state = mine_on_cluster(client, model, folder, transform, layers, shapes, 9, fingerprint, n,
-                                batch_size=batch, shard_size=shard_size, threads=1, shards_dir=out / "shards")
+                                batch_size=batch, shard_size=shard_size, threads=decode, shards_dir=out / "shards")
         seconds = time.perf_counter() - t0
         rss = client.run(_worker_rss)
     return {"mode": "cluster", "workers": workers, "images": n, "shard_size": shard_size,
@@ -99,17 +99,19 @@ def _run(args: list[str], env: dict) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def report(images: int, batch: int, shard_size: int, tmp: Path) -> str:
+def report(images: int, batch: int, shard_size: int, tmp: Path, decode: int = 1) -> str:
     rows = []
     for threads in (1, 2):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), ZFNET_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads))
-        rows.append(_run(["--one", "single", "--images", str(images), "--batch", str(batch)], env))
+        rows.append(_run(["--one", "single", "--images", str(images), "--batch", str(batch),
+                          "--decode-threads", str(decode)], env))
         print(rows[-1], flush=True)
     for workers in (1, 2):
         env = dict(os.environ, OMP_NUM_THREADS="1", ZFNET_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         rows.append(_run(["--one", "cluster", "--images", str(images), "--batch", str(batch), "--workers",
-                          str(workers), "--shard-size", str(shard_size), "--tmp", str(tmp / f"w{workers}")], env))
+                          str(workers), "--shard-size", str(shard_size), "--tmp", str(tmp / f"w{workers}"),
+                          "--decode-threads", str(decode)], env))
         print(rows[-1], flush=True)
     s1, s2, c1, c2 = rows
     overhead = (c1["seconds"] - s1["seconds"]) / c1["shards"]
@@ -120,7 +122,7 @@ def report(images: int, batch: int, shard_size: int, tmp: Path) -> str:
         "",
         f"*{time.strftime('%Y-%m-%d')}, `python -m benchmarks.cluster --images {images}`: ZFNet (random weights), "
         f"top 9 of every channel of conv1..conv5 over the first {images:,} Imagenette val images, mining only, "
-        f"batch {batch}, one decoding thread per process, each row its own process(es).*",
+        f"batch {batch}, {decode} image-decoding thread(s) per process, each row its own process(es).*",
         "",
         "| run | images/s | seconds | vs 1 worker | peak RSS MiB |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -148,18 +150,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=512)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--decode-threads", type=int, default=1, help="image decoding threads per process (0: decode "
+                   "on the computing thread, so a process uses one core)")
     p.add_argument("--one", choices=("single", "cluster"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="/tmp/zfnet-cluster-bench")
     p.add_argument("--out", default=None, help="markdown file to write the section to")
     p.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     a = p.parse_args(argv)
     if a.one == "single":
-        print(json.dumps(single(a.images, a.batch)))
+        print(json.dumps(single(a.images, a.batch, a.decode_threads)))
         return 0
     if a.one == "cluster":
-        print(json.dumps(cluster(a.images, a.batch, a.workers, a.shard_size, Path(a.tmp))))
+        print(json.dumps(cluster(a.images, a.batch, a.workers, a.shard_size, Path(a.tmp), a.decode_threads)))
         return 0
-    text = report(a.images, a.batch, a.shard_size, Path(a.tmp))
+    text = report(a.images, a.batch, a.shard_size, Path(a.tmp), a.decode_threads)
     print(text)
     if a.out:
         with open(a.out, "a" if a.append else "w", encoding="utf-8") as fh:
