@@ -186,7 +186,7 @@ def test_lost_scheduler_is_a_clear_error_then_resume(images, single, tmp_path) -
     t.join(180)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], ClusterError), errors
-    assert "scheduler" in str(errors[0])
+    assert "scheduler" in str(errors[0]) and "--resume" in str(errors[0])
     saved = len(list((out / "shards").glob("shard-*.npz")))
     assert 1 <= saved < 11
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c2:

@@ -330,7 +330,11 @@ def mine_on_cluster(client, model, folder, transform, layers: list[str], shapes:
             if progress is not None:
                 progress(hi - lo, 1, 0)
 
-        _gather(client, [f for f, _, _ in futures.values()], arrived, f"mining {len(todo)} shards")
+        try:
+            _gather(client, [f for f, _, _ in futures.values()], arrived, f"mining {len(todo)} shards")
+        except ClusterError as e:
+            raise ClusterError(f"{e}. {len(done)} of {len(plan)} shards are saved in {shards_dir}: run again "
+                               "with --resume (resume=True) to mine only the others") from e
     merged = fresh
     for lo, _ in plan:  # fixed order: the result does not depend on arrival
         merged = merged.merge(done[lo])
