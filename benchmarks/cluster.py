@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -116,7 +117,9 @@ def report(images: int, batch: int, shard_size: int, tmp: Path, decode: int = 1)
     s1, s2, c1, c2 = rows
     overhead = (c1["seconds"] - s1["seconds"]) / c1["shards"]
     per_shard = shard_size / s1["images_per_s"]  # seconds of mining in one shard at 1 thread
-    size_2pct = max(batch, int(-(-overhead * s1["images_per_s"] / 0.02 // batch) * batch)) if overhead > 0 else batch
+    # overhead / (S / rate) < 2%  <=>  S > overhead * rate / 0.02; rounded up to whole batches
+    smallest = overhead * s1["images_per_s"] / 0.02
+    size_2pct = batch * max(1, math.ceil(smallest / batch))
     lines = [
         "## Mining on a Dask cluster (issue 18)",
         "",
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=3925)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=512)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="with --one cluster: local workers (the report runs 1 and 2)")
     p.add_argument("--decode-threads", type=int, default=1, help="image decoding threads per process (0: decode "
                    "on the computing thread, so a process uses one core)")
     p.add_argument("--one", choices=("single", "cluster"), default=None, help=argparse.SUPPRESS)

@@ -136,7 +136,7 @@ def test_demo_views_must_be_positive(tmp_path, capsys, no_work):
     (["top9", "--k", "0"], "--k"),
     (["top9", "--batch-size", "0"], "--batch-size"),
     (["top9", "--workers", "-1"], "--workers"),
-    (["top9", "--decode-threads", "0"], "--decode-threads"),
+    (["top9", "--decode-threads", "-1"], "--decode-threads"),
     (["top9", "--workers", "2", "--scheduler", "tcp://h:1"], "--scheduler"),
     (["top9", "--seed", "-1"], "--seed"),
     (["demo", "--k", "-9"], "--k"),

@@ -71,6 +71,21 @@ def test_plan_shards_cover_in_whole_batches() -> None:
         plan_shards(10, 0, 4)
 
 
+def test_a_tasks_folder_lists_only_its_images_and_cannot_be_walked(images) -> None:
+    from zfnet.cluster import _part_of
+    from zfnet.data import ImageFolder
+
+    folder = ImageFolder(images)
+    part = _part_of(folder, range(8, 12))
+    assert len(part.paths) == 12 and part.paths[9] == folder.paths[9] and part.path(11) == folder.path(11)
+    with pytest.raises(IndexError):
+        part.paths[3]
+    with pytest.raises(TypeError):  # never a silently empty or truncated list
+        list(part.paths)
+    with pytest.raises(TypeError):
+        folder.paths[9] in part.paths
+
+
 def test_without_dask_the_user_is_told_how_to_install(monkeypatch, capsys, images, tmp_path) -> None:
     import importlib.util
 
@@ -143,6 +158,26 @@ def test_resume_mines_only_missing_shards(client, images, single, tmp_path) -> N
     same_outputs(single, tmp_path)
     assert {p.name: p.stat().st_mtime_ns for p in sorted((tmp_path / "shards").glob("shard-*.npz"))
             if p.name in kept} == kept  # the saved shards were read, not mined again
+    again = run_top9(net(), images, tmp_path, cluster=client, shard_size=8, resume=True, **KW)
+    assert again.images_per_second == 0 and again.seconds_mining == 0  # a finished state: nothing to mine
+    same_outputs(single, tmp_path)
+
+
+@needs_dask
+def test_resume_refuses_other_inputs_before_deleting_and_clears_another_plan(client, images, tmp_path) -> None:
+    run_top9(net(), images, tmp_path, cluster=client, shard_size=8, **KW)
+    shards = sorted(p.name for p in (tmp_path / "shards").glob("shard-*.npz"))
+    assert shards and all(name.endswith("-b4.npz") for name in shards)
+    (tmp_path / "topk_state.npz").unlink()
+    other = net()
+    other.layers[0].weight = other.layers[0].weight * 2
+    with pytest.raises(ConfigError, match="different inputs"):
+        run_top9(other, images, tmp_path, cluster=client, shard_size=8, resume=True,
+                 **dict(KW, weights_label="other weights"))
+    assert sorted(p.name for p in (tmp_path / "shards").glob("shard-*.npz")) == shards  # nothing deleted
+    run_top9(net(), images, tmp_path, cluster=client, shard_size=8, resume=True, **dict(KW, batch_size=8))
+    again = sorted(p.name for p in (tmp_path / "shards").glob("shard-*.npz"))
+    assert again and all(name.endswith("-b8.npz") for name in again)  # another batch size: mined again
 
 
 @needs_dask
@@ -165,24 +200,26 @@ def test_lost_scheduler_is_a_clear_error_then_resume(images, single, tmp_path) -
     from zfnet.cluster import ClusterError
 
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-    address = cluster.scheduler_address
-    with distributed.Client(cluster) as cl:
-        cl.run(lambda: os.environ.__setitem__("ZFNET_TEST_SHARD_SLEEP", "1.5"))
     out = tmp_path / "out"
     errors: list[BaseException] = []
+    try:
+        address = cluster.scheduler_address
+        with distributed.Client(cluster) as cl:
+            cl.run(lambda: os.environ.__setitem__("ZFNET_TEST_SHARD_SLEEP", "1.5"))
 
-    def run():
-        try:
-            run_top9(net(), images, out, cluster=address, shard_size=4, **KW)
-        except BaseException as e:  # noqa: BLE001 -- handed to the test thread
-            errors.append(e)
+        def run():
+            try:
+                run_top9(net(), images, out, cluster=address, shard_size=4, **KW)
+            except BaseException as e:  # noqa: BLE001 -- handed to the test thread
+                errors.append(e)
 
-    t = threading.Thread(target=run)
-    t.start()
-    deadline = time.monotonic() + 120
-    while not list((out / "shards").glob("shard-*.npz")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    cluster.close()  # the scheduler (and its workers) go away mid-run
+        t = threading.Thread(target=run)
+        t.start()
+        deadline = time.monotonic() + 120
+        while not list((out / "shards").glob("shard-*.npz")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        cluster.close()  # the scheduler (and its workers) go away mid-run
     t.join(180)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], ClusterError), errors

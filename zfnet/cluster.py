@@ -1,7 +1,7 @@
 """Top-k mining and unit projections on a Dask cluster (``zfnet top9 --workers/--scheduler``).
 
-One process mines about 26 images/s to conv5 on two cores; ImageNet train takes it
-14 hours.  The miner's state (:class:`~zfnet.deconvnet.topk.TopK`) merges exactly, so
+One process mines about 25 images/s to conv5 per core here; ImageNet train would take
+it 14 hours.  The miner's state (:class:`~zfnet.deconvnet.topk.TopK`) merges exactly, so
 the work splits into *shards*: contiguous ranges of image indices, each mined into
 its own state by a Dask task.  The driver merges the states in shard order and writes
 ``top9.json`` and the figures as a single process would::
@@ -17,8 +17,12 @@ its own state by a Dask task.  The driver merges the states in shard order and w
 
 Why the result is identical to one process, bit for bit: a shard's size is a
 multiple of the batch size, so every forward pass sees exactly the batch the single
-process sees; :meth:`TopK.merge` is exact and independent of order (a strict total
-order on candidates, duplicates dropped); the merged state is built in shard order.
+process sees (and the projections are cut into the chunks ``unit_views`` forms);
+:meth:`TopK.merge` is exact and independent of order (a strict total order on
+candidates, duplicates dropped); the merged state is built in shard order.  One
+assumption remains: a worker computes with one thread where the process may use
+several, so BLAS must give the same bits either way (OpenBLAS splits a GEMM's rows
+and columns among threads, not its sums; the tests check the result).
 
 Fault tolerance is Dask's: a task whose worker dies is run again elsewhere (the
 model travels as the result of a task, which Dask can recompute, not as scattered
@@ -43,6 +47,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ._files import remove_stale_parts
 from .errors import ConfigError, ZfnetError
 
 __all__ = ["ClusterError", "cluster_client", "plan_shards", "shard_path", "mine_on_cluster",
@@ -127,12 +132,16 @@ def plan_shards(n_files: int, shard_size: int, batch_size: int) -> list[tuple[in
     return [(lo, min(lo + size, n_files)) for lo in range(0, n_files, size)]
 
 
-_SHARD_NAME = re.compile(r"^shard-(\d{10})-(\d{10})\.npz$")
+_SHARD_NAME = re.compile(r"^shard-(\d{10})-(\d{10})-b(\d+)\.npz$")
 
 
-def shard_path(folder: Path, lo: int, hi: int) -> Path:
-    """``OUT/shards/shard-<lo>-<hi>.npz``: the saved state of one finished shard."""
-    return folder / f"shard-{lo:010d}-{hi:010d}.npz"
+def shard_path(folder: Path, lo: int, hi: int, batch_size: int) -> Path:
+    """``OUT/shards/shard-<lo>-<hi>-b<batch>.npz``: the saved state of one finished shard.
+
+    The batch size is in the name because it is part of what the shard computed
+    (each forward pass's batch); a run with another batch size does not reuse it.
+    """
+    return folder / f"shard-{lo:010d}-{hi:010d}-b{batch_size}.npz"
 
 
 class _IndexedPaths:
@@ -154,6 +163,12 @@ class _IndexedPaths:
             return self._paths[int(index)]
         except KeyError:
             raise IndexError(f"image {index} is not part of this task") from None
+
+    def __iter__(self):  # a sparse list cannot be walked like the folder's: fail, never truncate
+        raise TypeError("a task's folder lists only the images it needs; it cannot be iterated")
+
+    def __contains__(self, path) -> bool:
+        raise TypeError("a task's folder lists only the images it needs; ask by index")
 
 
 def _part_of(folder, indices) -> Any:
@@ -179,8 +194,8 @@ def _host_model(model, layers):
 def _model_task(model):
     """The model as the result of a task: each worker receives it once (as a dependency of
     its shard tasks), and Dask recomputes it if the worker holding it dies, which a
-    scattered object would not survive."""
-    model.eval()
+    scattered object would not survive.  Used as given (train or eval mode), as the
+    single process uses it."""
     return model
 
 
@@ -243,7 +258,7 @@ def _mine_shard(model, folder, lo: int, hi: int, transform: dict, layers: list[s
     return state
 
 
-def _views_task(model, folder, transform: dict, records: list[dict], rule: str):
+def _views_task(model, folder, transform: dict, records: list[dict], rule: str, chunk: int):
     """Unit views of some records on a worker: ``(views, unreadable, decoded)``."""
     from .data import Transform
     from .figures.units import unit_views
@@ -251,31 +266,82 @@ def _views_task(model, folder, transform: dict, records: list[dict], rule: str):
     _adaptive_malloc()
     unreadable: dict[int, str] = {}
     decoded: dict[int, np.ndarray] = {}
-    views = unit_views(model, folder, Transform(transform), records, rule=rule, unreadable=unreadable,
-                       decoded=decoded)
+    views = unit_views(model, folder, Transform(transform), records, rule=rule, chunk=chunk,
+                       unreadable=unreadable, decoded=decoded)
     return views, unreadable, decoded
 
 
 # -- the driver ------------------------------------------------------------------------
 
-def _lost_scheduler(e: BaseException) -> bool:
-    name = type(e).__name__
-    return name in ("CommClosedError", "CancelledError", "FutureCancelledError", "TimeoutError", "OSError") or \
-        isinstance(e, (OSError, TimeoutError))
+def _gather(client, futures: dict, on_result: Callable[[Any, Any], None], what: str) -> None:
+    """Call ``on_result(key, result)`` as the futures (key -> future) finish, releasing each.
 
-
-def _gather(client, futures: Sequence[Any], on_result: Callable[[Any, Any], None], what: str) -> None:
-    """Call ``on_result(future, result)`` as futures finish; a lost scheduler is a ClusterError."""
+    A task's own zfnet error is raised as it is; losing the scheduler (the client is
+    no longer running, or the futures were cancelled because its connection went) is
+    a :class:`ClusterError`; any other failure of a task is a ``ClusterError`` naming
+    it.  Errors of ``on_result`` itself (saving a state) propagate unchanged.
+    """
     distributed = _distributed()
-    try:
-        for fut in distributed.as_completed(futures):
-            on_result(fut, fut.result())
-    except ZfnetError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- classified below
-        if _lost_scheduler(e) or client.status != "running":
+    key_of = {id(f): k for k, f in futures.items()}
+    finished = iter(distributed.as_completed(list(futures.values())))
+    while True:
+        try:
+            fut = next(finished)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 -- waiting itself failed: the connection is gone
             raise ClusterError(f"lost the Dask scheduler while {what} ({type(e).__name__}: {e})") from e
-        raise ClusterError(f"a Dask task failed while {what}: {type(e).__name__}: {e}") from e
+        key = key_of[id(fut)]
+        try:
+            result = fut.result()
+        except ZfnetError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- classified here
+            lost = client.status != "running" or type(e).__name__ in ("CommClosedError", "FutureCancelledError",
+                                                                        "CancelledError")
+            if lost:
+                raise ClusterError(f"lost the Dask scheduler while {what} ({type(e).__name__}: {e})") from e
+            raise ClusterError(f"a Dask task failed while {what}: {type(e).__name__}: {e}") from e
+        fut.release()  # its result lives on the driver now, not pinned in a worker's memory
+        del futures[key]
+        on_result(key, result)
+
+
+def _saved_shards(shards_dir: Path, plan: list[tuple[int, int]], batch_size: int, fresh, resume: bool) -> dict:
+    """The saved shard states a run can use, ``{lo: TopK}``; clears the rest.
+
+    Without ``resume`` every saved shard is cleared.  With it, every shard file is
+    read and checked *before* anything is deleted: one from other weights, images,
+    preprocessing, k or layers stops the run (``ConfigError``) and deletes nothing;
+    one from another plan (``--shard-size`` or ``--batch-size``) or unreadable (a crash
+    while writing) is cleared and mined again.
+    """
+    from .deconvnet.topk import TopK
+    from .errors import DataError
+
+    remove_stale_parts(shards_dir)  # temporary files of an interrupted atomic write
+    usable: dict[int, Any] = {}
+    clear: list[Path] = []
+    for p in sorted(shards_dir.glob("shard-*.npz")):
+        m = _SHARD_NAME.match(p.name)
+        if not resume or not m:
+            clear.append(p)
+            continue
+        lo, hi, batch = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        try:
+            state = TopK.load(p)
+        except DataError:
+            clear.append(p)  # unreadable: mine it again
+            continue
+        state.check_compatible(fresh, f"resume from {p}")  # refuse before deleting anything
+        if (lo, hi) in plan and batch == batch_size and state.covered == [[lo, hi]]:
+            usable[lo] = state
+        else:
+            clear.append(p)
+    for p in clear:
+        p.unlink(missing_ok=True)
+        p.with_suffix(".json").unlink(missing_ok=True)
+    return usable
 
 
 def mine_on_cluster(client, model, folder, transform, layers: list[str], shapes: dict, k: int,
@@ -286,103 +352,107 @@ def mine_on_cluster(client, model, folder, transform, layers: list[str], shapes:
 
     Each finished shard's state is saved to ``shards_dir`` as it arrives; with
     ``resume`` the shards already there (same plan, same fingerprint) are not mined
-    again.  ``progress(images, shards, total)`` is called once with what was already
-    done (``total`` = the number of shards) and then once per finished shard
-    (``shards = 1``, ``total = 0``).
+    again (see :func:`_saved_shards` for what is refused and what is cleared).
+    States are merged in shard order as soon as the next one in order is there, so
+    the driver holds only the states that arrived early.
+    ``progress(images, shards, total)`` is called once with what was already done
+    (``total`` = the number of shards) and then once per finished shard (``shards =
+    1``, ``total = 0``).
     """
     from .deconvnet.topk import TopK
 
     plan = plan_shards(n_files, shard_size, batch_size)
     shards_dir.mkdir(parents=True, exist_ok=True)
     fresh = TopK(shapes, k, fingerprint)
-    done: dict[int, Any] = {}
-    for p in sorted(shards_dir.iterdir()):
-        m = _SHARD_NAME.match(p.name)
-        if not m:
-            continue
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if not resume or (lo, hi) not in plan:
-            p.unlink()  # another run's or another plan's: stale
-            p.with_suffix(".json").unlink(missing_ok=True)
-            continue
-        state = TopK.load(p)
-        state.check_compatible(fresh, f"resume from {p}")
-        done[lo] = state
-    todo = [(lo, hi) for lo, hi in plan if lo not in done]
+    done = _saved_shards(shards_dir, plan, batch_size, fresh, resume)
     if progress is not None:
         progress(sum(hi - lo for lo, hi in plan if lo in done), len(done), len(plan))
+    merged, next_shard = fresh, 0
+
+    def merge_ready() -> None:  # fixed order: the result does not depend on arrival
+        nonlocal merged, next_shard
+        while next_shard < len(plan) and plan[next_shard][0] in done:
+            merged = merged.merge(done.pop(plan[next_shard][0]))
+            next_shard += 1
+
+    merge_ready()
+    todo = [(lo, hi) for lo, hi in plan[next_shard:] if lo not in done]
     if todo:
         run = uuid.uuid4().hex[:12]
         shipped = client.submit(_model_task, _host_model(model, layers), key=f"zfnet-model-{run}", pure=False)
         tcfg = transform.config.to_dict()
-        futures = {}
+        futures, ranges = {}, {}
         for lo, hi in todo:
             part = _part_of(folder, range(lo, hi))
-            fut = client.submit(_mine_shard, shipped, part, lo, hi, tcfg, list(layers), dict(shapes), k,
-                                dict(fingerprint), batch_size, threads, key=f"zfnet-shard-{run}-{lo}-{hi}",
-                                pure=False)
-            futures[fut.key] = (fut, lo, hi)
+            key = f"zfnet-shard-{run}-{lo}-{hi}"
+            futures[key] = client.submit(_mine_shard, shipped, part, lo, hi, tcfg, list(layers), dict(shapes), k,
+                                         dict(fingerprint), batch_size, threads, key=key, pure=False)
+            ranges[key] = (lo, hi)
 
-        def arrived(fut, state):
-            _, lo, hi = futures[fut.key]
-            state.save(shard_path(shards_dir, lo, hi))
+        def arrived(key, state):
+            lo, hi = ranges[key]
+            state.save(shard_path(shards_dir, lo, hi, batch_size))
             done[lo] = state
+            merge_ready()
             if progress is not None:
                 progress(hi - lo, 1, 0)
 
         try:
-            _gather(client, [f for f, _, _ in futures.values()], arrived, f"mining {len(todo)} shards")
+            _gather(client, futures, arrived, f"mining {len(todo)} shards")
         except ClusterError as e:
-            raise ClusterError(f"{e}. {len(done)} of {len(plan)} shards are saved in {shards_dir}: run again "
+            saved = len(list(shards_dir.glob("shard-*.npz")))
+            raise ClusterError(f"{e}. {saved} of {len(plan)} shards are saved in {shards_dir}: run again "
                                "with --resume (resume=True) to mine only the others") from e
-    merged = fresh
-    for lo, _ in plan:  # fixed order: the result does not depend on arrival
-        merged = merged.merge(done[lo])
+        finally:
+            shipped.release()
     return merged
 
 
 def views_on_cluster(client, model, folder, transform, records: list[dict], *, rule: str = "deconvnet",
-                     per_task: int = 24, progress: Callable[[int], None] | None = None):
+                     chunk: int = 16, chunks_per_task: int = 2, progress: Callable[[int], None] | None = None):
     """:func:`~zfnet.figures.units.unit_views` of ``records`` on the cluster.
 
-    Records are grouped by image, about ``per_task`` per task.  Returns ``(views,
-    unreadable, decoded)`` as ``unit_views`` fills them, views in the order of
-    ``records``.
+    The records are cut into exactly the chunks ``unit_views`` forms in one process
+    (per layer, ordered by image and channel, ``chunk`` at a time), so every forward
+    pass sees the batch it sees there; whole chunks, ``chunks_per_task`` of them, make
+    a task.  Returns ``(views, unreadable, decoded)`` as ``unit_views`` fills them,
+    views in the order of ``records``.
     """
-    order = sorted(range(len(records)), key=lambda i: (records[i]["image"], records[i]["layer"], records[i]["channel"]))
+    by_layer: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_layer.setdefault(r["layer"], []).append(i)
     chunks: list[list[int]] = []
-    for i in order:
-        if chunks and len(chunks[-1]) >= per_task and records[chunks[-1][-1]]["image"] != records[i]["image"]:
-            chunks.append([])
-        if not chunks:
-            chunks.append([])
-        chunks[-1].append(i)
+    for idxs in by_layer.values():
+        idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
+        chunks += [idxs[lo: lo + chunk] for lo in range(0, len(idxs), chunk)]
+    tasks = [sum(chunks[t: t + chunks_per_task], []) for t in range(0, len(chunks), chunks_per_task)]
     views: list[Any] = [None] * len(records)
     unreadable: dict[int, str] = {}
     decoded: dict[int, np.ndarray] = {}
     if not records:
         return views, unreadable, decoded
     run = uuid.uuid4().hex[:12]
-    shipped = client.submit(_model_task, _host_model(model, {r["layer"] for r in records}),
-                            key=f"zfnet-model-{run}", pure=False)
+    shipped = client.submit(_model_task, _host_model(model, list(by_layer)), key=f"zfnet-model-{run}", pure=False)
     tcfg = transform.config.to_dict()
-    futures = {}
-    for n, chunk in enumerate(chunks):
-        part = _part_of(folder, {records[i]["image"] for i in chunk})
-        fut = client.submit(_views_task, shipped, part, tcfg, [records[i] for i in chunk], rule,
-                            key=f"zfnet-views-{run}-{n}", pure=False)
-        futures[fut.key] = (fut, chunk)
+    futures, members = {}, {}
+    for n, task in enumerate(tasks):
+        part = _part_of(folder, {records[i]["image"] for i in task})
+        key = f"zfnet-views-{run}-{n}"
+        futures[key] = client.submit(_views_task, shipped, part, tcfg, [records[i] for i in task], rule, chunk,
+                                     key=key, pure=False)
+        members[key] = task
 
-    def arrived(fut, result):
+    def arrived(key, result):
         got, lost, pics = result
-        chunk = futures[fut.key][1]
-        for i, v in zip(chunk, got):
+        for i, v in zip(members[key], got):
             views[i] = v
         unreadable.update(lost)
         decoded.update(pics)
         if progress is not None:
-            progress(len(chunk))
+            progress(len(members[key]))
 
-    _gather(client, [f for f, _ in futures.values()], arrived, f"projecting {len(records)} units")
+    try:
+        _gather(client, futures, arrived, f"projecting {len(records)} units")
+    finally:
+        shipped.release()
     return views, unreadable, decoded
-

@@ -247,8 +247,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the shards missing from OUT/shards/)")
     p.add_argument("--batch-size", type=_args.positive_int, default=32,
                    help="images per forward pass while mining (default 32)")
-    p.add_argument("--decode-threads", type=_args.positive_int, default=2,
-                   help="image decoding threads per process (default 2)")
+    p.add_argument("--decode-threads", type=_args.nonnegative_int, default=2,
+                   help="image decoding threads per process, 0 to decode on the computing thread (default 2; "
+                        "before the Dask flags this was --workers)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_args.positive_int, default=None, metavar="N",
                        help="mine and project on a local Dask cluster of N worker processes, one thread each "

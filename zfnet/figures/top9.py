@@ -452,6 +452,13 @@ def _mine_on_cluster_step(client, model, folder, transform, layers, shapes, fing
     if not resuming:
         state_path.unlink(missing_ok=True)
         atomic_write(paths_path, lambda fh: fh.write(json.dumps(folder.paths).encode("utf-8")))
+    elif state_path.exists():  # a finished run (single-process or not): nothing left to mine
+        state = TopK.load(state_path)
+        state.check_compatible(TopK(shapes, opts.k, fingerprint), "resume")
+        if state.covered == [[0, n_files]]:
+            return Mined(folder=folder, transform=transform, layers=layers, shapes=shapes, state=state,
+                         n_files=n_files, start=n_files, lost_since=lost_since, seconds=0.0, rss_mib=peak_rss_mib(),
+                         rate=0.0)
     t0 = time.perf_counter()
     with _progress_bar(n_files, 0, "mining", opts.progress) as bar:
         counts = {"done": 0, "total": 0, "resumed_images": None}
@@ -536,7 +543,7 @@ def projections_step(model, out: Path, opts: Top9Options, mined: Mined, records:
     with _progress_bar(len(wanted), 0, "projecting", opts.progress, unit="unit") as bar:
         lost: dict[int, str] = {}
         decoded: dict[int, np.ndarray] = {}
-        if client is not None:  # on the cluster's workers, chunks of records grouped by image
+        if client is not None:  # on the cluster's workers, in the chunks unit_views forms here
             from ..cluster import views_on_cluster
 
             views, lost, decoded = views_on_cluster(client, model, folder, mined.transform, wanted, rule=opts.rule,
