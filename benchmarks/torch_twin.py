@@ -86,7 +86,9 @@ class _Build:
         if self.params is not None:
             return self.params[key]
         t = _t(array, self.device)
-        return torch.nn.Parameter(t) if self.training else t
+        # A trainable copy must own its memory: from_numpy shares the array, and an
+        # optimizer stepping it would change the zfnet model too.
+        return torch.nn.Parameter(t.clone()) if self.training else t
 
     def relu(self, t):
         return F.relu(t) if self.rule is None else RuleReLU.apply(t, self.rule)

@@ -159,8 +159,8 @@ def test_the_torch_twin_knows_caffe_graph_layers(rng, ceil):
 
 def test_the_torch_twin_knows_concat_and_trains_the_same_layers(rng):
     """The twin's one table serves both uses: a ``Concat`` layer (an empty branch too)
-    in the projection twin, and ``trainable()`` (parameters, real dropout) whose
-    gradients equal ours (dropout off) on the same small network."""
+    in the projection twin, and ``trainable()`` (its own copy of the parameters) whose
+    gradients equal ours on the same small network."""
     torch = pytest.importorskip("torch")
     from benchmarks.torch_twin import trainable, twin
     from zfnet.nn import Concat
@@ -177,7 +177,8 @@ def test_the_torch_twin_knows_concat_and_trains_the_same_layers(rng):
     twin(net)(torch.from_numpy(x), record=theirs)
     for name in ("mix/a", "mix/r", "mix", "fc"):
         np.testing.assert_allclose(theirs[name].numpy(), trace.activations[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    assert twin(net)(torch.from_numpy(x), upto="mix/b").shape == (2, 3, 8, 8)
+    inner = twin(net)(torch.from_numpy(x), upto="mix/b")  # an inner activation of the Concat
+    np.testing.assert_allclose(inner.numpy(), trace.activations["mix/b"], rtol=1e-5, atol=1e-6)
 
     labels = np.array([0, 2])
     loss, dlogits = softmax_cross_entropy(trace.output, labels)
@@ -187,6 +188,25 @@ def test_the_torch_twin_knows_concat_and_trains_the_same_layers(rng):
     lt = torch.nn.functional.cross_entropy(ref(torch.from_numpy(x)), torch.from_numpy(labels))
     lt.backward()
     mods = dict(ref.named_children())
+    assert not np.shares_memory(mods["c1"].weight.detach().numpy(), net.layers[0].weight)  # its own copy
     assert float(lt.detach()) == pytest.approx(float(loss), rel=1e-5)
     np.testing.assert_allclose(mods["fc"].weight.grad.numpy(), net.gradients()["fc.weight"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(mods["c1"].weight.grad.numpy(), net.gradients()["c1.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_trainable_dropout_is_live_in_train_mode_only(rng):
+    torch = pytest.importorskip("torch")
+    from benchmarks.torch_twin import trainable
+
+    net = Network([Flatten("flat"), Linear("fc", 12, 64, rng=rng), Dropout("drop", 0.5, seed=1)],
+                  {"arch": "t", "num_classes": 64, "input_size": [2, 2]})
+    seq = trainable(net)
+    x = torch.from_numpy(rng.standard_normal((4, 3, 2, 2)).astype(np.float32))
+    ev = seq.eval()(x).detach()
+    np.testing.assert_allclose(ev.numpy(), net.forward(x.numpy()).output, rtol=1e-5, atol=1e-6)  # identity
+    tr = seq.train()(x).detach()
+    live = ev > 0  # units the ReLU passed: dropout zeroes about half, doubles the rest
+    dropped = tr[live] == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(tr[live][~dropped], 2 * ev[live][~dropped])
+    assert torch.equal(trainable(net, dropout=False).train()(x), trainable(net, dropout=False).eval()(x))
