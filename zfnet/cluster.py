@@ -43,7 +43,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -197,6 +197,12 @@ def _model_task(model):
     scattered object would not survive.  Used as given (train or eval mode), as the
     single process uses it."""
     return model
+
+
+def _ship_model(client, model, layers):
+    """``(run id, future)``: the model up to ``layers``, submitted once for this run's tasks."""
+    run = uuid.uuid4().hex[:12]
+    return run, client.submit(_model_task, _host_model(model, layers), key=f"zfnet-model-{run}", pure=False)
 
 
 _MALLOC_TUNED = False
@@ -378,8 +384,7 @@ def mine_on_cluster(client, model, folder, transform, layers: list[str], shapes:
     merge_ready()
     todo = [(lo, hi) for lo, hi in plan[next_shard:] if lo not in done]
     if todo:
-        run = uuid.uuid4().hex[:12]
-        shipped = client.submit(_model_task, _host_model(model, layers), key=f"zfnet-model-{run}", pure=False)
+        run, shipped = _ship_model(client, model, layers)
         tcfg = transform.config.to_dict()
         futures, ranges = {}, {}
         for lo, hi in todo:
@@ -418,21 +423,16 @@ def views_on_cluster(client, model, folder, transform, records: list[dict], *, r
     a task.  Returns ``(views, unreadable, decoded)`` as ``unit_views`` fills them,
     views in the order of ``records``.
     """
-    by_layer: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        by_layer.setdefault(r["layer"], []).append(i)
-    chunks: list[list[int]] = []
-    for idxs in by_layer.values():
-        idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
-        chunks += [idxs[lo: lo + chunk] for lo in range(0, len(idxs), chunk)]
+    from .figures.units import unit_chunks
+
+    chunks = [part for _, part in unit_chunks(records, chunk)]
     tasks = [sum(chunks[t: t + chunks_per_task], []) for t in range(0, len(chunks), chunks_per_task)]
     views: list[Any] = [None] * len(records)
     unreadable: dict[int, str] = {}
     decoded: dict[int, np.ndarray] = {}
     if not records:
         return views, unreadable, decoded
-    run = uuid.uuid4().hex[:12]
-    shipped = client.submit(_model_task, _host_model(model, list(by_layer)), key=f"zfnet-model-{run}", pure=False)
+    run, shipped = _ship_model(client, model, {r["layer"] for r in records})
     tcfg = transform.config.to_dict()
     futures, members = {}, {}
     for n, task in enumerate(tasks):

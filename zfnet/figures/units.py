@@ -183,6 +183,23 @@ class UnitView:
     raw: np.ndarray = field(repr=False)
 
 
+def unit_chunks(records, chunk: int = 16) -> list[tuple[str, list[int]]]:
+    """How :func:`unit_views` batches records: ``[(layer, [record index, ...]), ...]``.
+
+    Grouped by layer (in order of first appearance), ordered by image then channel
+    so a chunk needs few distinct images, ``chunk`` records at a time.  A cluster
+    run (:func:`zfnet.cluster.views_on_cluster`) cuts its tasks from the same chunks.
+    """
+    by_layer: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_layer.setdefault(r["layer"], []).append(i)
+    out = []
+    for layer, idxs in by_layer.items():
+        idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
+        out += [(layer, idxs[lo: lo + chunk]) for lo in range(0, len(idxs), chunk)]
+    return out
+
+
 def unit_views(
     model,
     folder: ImageFolder,
@@ -238,49 +255,42 @@ def unit_views(
     """
     records = list(records)
     out: list[UnitView | None] = [None] * len(records)
-    # Group by layer, then order by image so a chunk needs few distinct images.
-    by_layer: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        by_layer.setdefault(r["layer"], []).append(i)
-    for layer, idxs in by_layer.items():
-        idxs.sort(key=lambda i: (records[i]["image"], records[i]["channel"]))
-        for lo in range(0, len(idxs), chunk):
-            part = idxs[lo: lo + chunk]
-            images, pictures = [], []
-            for n in sorted({int(records[i]["image"]) for i in part}):
-                try:
-                    picture = decoded[n] if decoded is not None and n in decoded else transform.geometry(folder[n])
-                    pictures.append(picture)  # (H, W, 3) uint8
-                    images.append(n)
-                    if decoded is not None:
-                        decoded[n] = picture
-                except (ImageReadError, OSError) as e:  # gone or changed since it was mined
-                    if unreadable is not None:
-                        unreadable[n] = str(getattr(e, "detail", e))
-            where = {n: j for j, n in enumerate(images)}
-            if progress is not None and len(where) < len({int(records[i]["image"]) for i in part}):
-                progress(sum(1 for i in part if int(records[i]["image"]) not in where))
-            part = [i for i in part if int(records[i]["image"]) in where]
-            if not part:
-                continue
-            x = np.stack([normalize(p, transform.config) for p in pictures])  # (B, 3, H, W)
-            if to_device is not None:
-                x = to_device(x)
-            units = np.array(
-                [[where[int(records[i]["image"])], records[i]["channel"], records[i]["y"], records[i]["x"]]
-                 for i in part], np.int64)  # (U, 4)
-            crops = unit_crops(model, x, layer, units, rule=rule, windowed=True)
-            for u, i in enumerate(part):
-                r, c = records[i], crops[u]
-                patch, _ = crop_with_border(pictures[where[int(r["image"])]], c.box)
-                if not c.inside.all():
-                    patch[~c.inside] = checkerboard(*c.inside.shape)[~c.inside]
-                out[i] = UnitView(
-                    layer=layer, channel=int(r["channel"]), rank=int(r["rank"]), image=int(r["image"]),
-                    path=str(r.get("path", folder.paths[int(r["image"])])), y=int(r["y"]), x=int(r["x"]),
-                    value=float(r["value"]), box=c.box, patch=patch,
-                    projection=display_projection(c.raw, transform, c.inside, scaling), inside=c.inside, raw=c.raw,
-                )
-            if progress is not None:
-                progress(len(part))
+    for layer, part in unit_chunks(records, chunk):
+        images, pictures = [], []
+        for n in sorted({int(records[i]["image"]) for i in part}):
+            try:
+                picture = decoded[n] if decoded is not None and n in decoded else transform.geometry(folder[n])
+                pictures.append(picture)  # (H, W, 3) uint8
+                images.append(n)
+                if decoded is not None:
+                    decoded[n] = picture
+            except (ImageReadError, OSError) as e:  # gone or changed since it was mined
+                if unreadable is not None:
+                    unreadable[n] = str(getattr(e, "detail", e))
+        where = {n: j for j, n in enumerate(images)}
+        if progress is not None and len(where) < len({int(records[i]["image"]) for i in part}):
+            progress(sum(1 for i in part if int(records[i]["image"]) not in where))
+        part = [i for i in part if int(records[i]["image"]) in where]
+        if not part:
+            continue
+        x = np.stack([normalize(p, transform.config) for p in pictures])  # (B, 3, H, W)
+        if to_device is not None:
+            x = to_device(x)
+        units = np.array(
+            [[where[int(records[i]["image"])], records[i]["channel"], records[i]["y"], records[i]["x"]]
+             for i in part], np.int64)  # (U, 4)
+        crops = unit_crops(model, x, layer, units, rule=rule, windowed=True)
+        for u, i in enumerate(part):
+            r, c = records[i], crops[u]
+            patch, _ = crop_with_border(pictures[where[int(r["image"])]], c.box)
+            if not c.inside.all():
+                patch[~c.inside] = checkerboard(*c.inside.shape)[~c.inside]
+            out[i] = UnitView(
+                layer=layer, channel=int(r["channel"]), rank=int(r["rank"]), image=int(r["image"]),
+                path=str(r.get("path", folder.paths[int(r["image"])])), y=int(r["y"]), x=int(r["x"]),
+                value=float(r["value"]), box=c.box, patch=patch,
+                projection=display_projection(c.raw, transform, c.inside, scaling), inside=c.inside, raw=c.raw,
+            )
+        if progress is not None:
+            progress(len(part))
     return out  # type: ignore[return-value]
