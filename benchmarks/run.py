@@ -463,11 +463,19 @@ def main(argv=None) -> int:
                    help="also run the mining target over the first N Imagenette val images (slow)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"))
     p.add_argument("--append", action="store_true", help="add this run's section to --out instead of replacing it")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="keep freed memory in the process (glibc: no mmap, no trim), as `zfnet train` does; "
+                        "per process, so both libraries get it")
     args = p.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 7)
     big = 8 if args.quick else 32
 
     env = harness.environment(THREADS)
+    if args.keep_freed_memory:
+        from zfnet._memory import keep_freed_memory
+
+        env["allocator"] = ("glibc keeps freed memory (M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1), for both libraries"
+                            if keep_freed_memory() else "--keep-freed-memory asked for, but this C library is not glibc")
     for k, v in env.items():
         print(f"{k}: {v}")
     quiet = {"load_before": harness.loadavg()}

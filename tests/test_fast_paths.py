@@ -289,3 +289,48 @@ def test_col2im_phases_checks_its_kernel_size():
     assert back.shape == x.shape
     with pytest.raises(ShapeError, match="3x3 windows"):
         col2im_phases(cols, (9, 9), (5, 5), (2, 2), (1, 1), wq)
+
+
+@given(st.integers(1, 5), st.integers(1, 12), st.integers(1, 9), st.sampled_from([1, 2, 3, 5]),
+       st.sampled_from([64, 1 << 20]), st.booleans(), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_lrn_by_images_equals_whole_batch(n, c, hw, size, chunk_bytes, strided, seed):
+    """LRN and its gradient computed a few images at a time (the NumPy path) give the
+    very same values as the formula on the whole batch: the same float operations."""
+    from zfnet.ops import norm
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, hw, hw + 1)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    if strided:
+        x = np.concatenate([x, x], axis=3)[..., ::2]
+    old = norm._CHUNK_BYTES
+    norm._CHUNK_BYTES = chunk_bytes  # 64 bytes: one image per piece, several pieces and threads
+    try:
+        y = ops.lrn(x, size, 1e-2, 0.75, 2.0)
+        dx = ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0)
+    finally:
+        norm._CHUNK_BYTES = old
+    np.testing.assert_array_equal(y, norm._lrn(np, x, size, 1e-2, 0.75, 2.0))
+    np.testing.assert_array_equal(dx, norm._lrn_backward(np, x, y, dy, size, 1e-2, 0.75, 2.0))
+    assert y.dtype == dx.dtype == np.float32
+
+
+def test_chunked_unpool_and_relu_backward_equal_readable():
+    """The threaded, piecewise unpooling and ReLU gradient on ZFNet-sized maps (many
+    pieces, two threads) equal one whole-batch np.add.at and ``dy * (y > 0)``."""
+    rng = np.random.default_rng(8)
+    x = np.maximum(rng.standard_normal((3, 40, 110, 110)), 0).astype(np.float32)  # many ties at 0
+    y, sw = ops.max_pool2d(x, 3, 2, 0, True)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    up = ops.max_unpool2d(g, sw, x.shape)
+    want = np.zeros(x.size, np.float32)
+    np.add.at(want, (sw.reshape(120, -1) + np.arange(120)[:, None] * 110 * 110).ravel(), g.ravel())
+    np.testing.assert_array_equal(up.ravel(), want)  # the same adds in the same order
+    assert up.dtype == np.float32
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    z = rng.standard_normal(x.shape).astype(np.float32)
+    for a in (z, np.concatenate([z, z], axis=3)[..., ::2]):  # contiguous and strided forward maps
+        got = ops.relu_backward(dy, a)
+        np.testing.assert_array_equal(got, dy * (a > 0))
+        assert got.dtype == np.float32 and got.shape == dy.shape

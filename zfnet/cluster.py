@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from ._files import remove_stale_parts
+from ._memory import adaptive_malloc
 from .errors import ConfigError, ZfnetError
 
 __all__ = ["ClusterError", "cluster_client", "plan_shards", "shard_path", "mine_on_cluster",
@@ -205,33 +206,6 @@ def _ship_model(client, model, layers):
     return run, client.submit(_model_task, _host_model(model, layers), key=f"zfnet-model-{run}", pure=False)
 
 
-_MALLOC_TUNED = False
-
-
-def _adaptive_malloc() -> None:
-    """Undo what ``MALLOC_TRIM_THRESHOLD_`` (set by Dask's nanny) does to NumPy's speed.
-
-    Setting that variable switches off glibc's adaptive mmap threshold, so each large
-    temporary array is mapped and zeroed anew (35% slower forward passes, measured).
-    On a worker started with it (``dask worker`` does by default), raise the mmap and
-    trim thresholds to glibc's adaptive ceiling (32 MiB) once per process.  Elsewhere
-    (no variable, not glibc) nothing happens.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
-        libc.mallopt(m_mmap_threshold, 32 << 20)
-        libc.mallopt(m_trim_threshold, 64 << 20)
-    except (OSError, AttributeError):  # not glibc: leave the allocator alone
-        pass
-
-
 def _test_hook(lo: int) -> None:
     """Tests only: ``ZFNET_TEST_SHARD_EXIT=<lo>:<flag file>`` kills this worker process
     once (while the flag file exists) in the shard starting at ``lo``; ``...SLEEP=<s>``
@@ -256,7 +230,7 @@ def _mine_shard(model, folder, lo: int, hi: int, transform: dict, layers: list[s
     from .deconvnet.topk import TopK, mine
 
     _test_hook(lo)
-    _adaptive_malloc()
+    adaptive_malloc()
     top = max(layers, key=model.layer_names().index)
     state = TopK(shapes, k, fingerprint)
     batches = ImageBatches(folder, Transform(transform), batch_size=batch_size, workers=threads, start=lo, stop=hi)
@@ -269,7 +243,7 @@ def _views_task(model, folder, transform: dict, records: list[dict], rule: str, 
     from .data import Transform
     from .figures.units import unit_views
 
-    _adaptive_malloc()
+    adaptive_malloc()
     unreadable: dict[int, str] = {}
     decoded: dict[int, np.ndarray] = {}
     views = unit_views(model, folder, Transform(transform), records, rule=rule, chunk=chunk,

@@ -8,9 +8,12 @@ positions in the same channel.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from . import _kernels
+from ._parallel import parallel_range
 
 __all__ = ["lrn", "lrn_backward", "lrn_within_channel", "lrn_within_channel_backward"]
 
@@ -50,8 +53,41 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         raise ShapeError(f"lrn: size must be >= 1, got {size}")
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_forward; this code is its reference
         return _kernels.lrn(x, size, alpha, beta, k)
+    if xp is np:
+        return _by_images(lambda xc: _lrn(np, xc, size, alpha, beta, k), x)
+    return _lrn(xp, x, size, alpha, beta, k)
+
+
+def _lrn(xp, x, size, alpha, beta, k):
+    """The formula of :func:`lrn` on a whole array."""
     window = _window_sum(xp, x * x, size // 2, (size - 1) // 2)  # channel c sees c - n//2 .. c + (n-1)//2
     return x / (k + (alpha / size) * window) ** beta
+
+
+_CHUNK_BYTES = 1 << 20  # images per piece of the NumPy path: about this many bytes of each input
+
+
+def _by_images(fn, *arrays):
+    """``fn(*arrays)`` computed a few images at a time, the pieces shared out among CPU threads.
+
+    LRN and its gradient are a dozen elementwise passes with as many temporaries; on
+    a whole batch each pass streams the arrays through memory, on a piece of about
+    ``_CHUNK_BYTES`` they stay in cache.  Every value is computed by the same float
+    operations in the same order as on the whole array: the result is identical.
+    """
+    first = arrays[0]
+    n = len(first)
+    per_image = max(1, first[0].nbytes) if n else 1
+    step = max(1, _CHUNK_BYTES // per_image)
+    out = np.empty(first.shape, dtype=np.result_type(*arrays))
+
+    def work(lo, hi):
+        for i0 in range(lo, hi, step):
+            i1 = min(i0 + step, hi)
+            out[i0:i1] = fn(*(a[i0:i1] for a in arrays))
+
+    parallel_range(n, work, min_items=step)
+    return out
 
 
 def _window_sum(xp, a, before: int, after: int):
@@ -109,6 +145,13 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
         )
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_backward; this code is its reference
         return _kernels.lrn_backward(x, y, dy, size, alpha, beta, k)
+    if xp is np:
+        return _by_images(lambda xc, yc, dyc: _lrn_backward(np, xc, yc, dyc, size, alpha, beta, k), x, y, dy)
+    return _lrn_backward(xp, x, y, dy, size, alpha, beta, k)
+
+
+def _lrn_backward(xp, x, y, dy, size, alpha, beta, k):
+    """The formula of :func:`lrn_backward` on whole arrays."""
     before, after = size // 2, (size - 1) // 2
     s = k + (alpha / size) * _window_sum(xp, x * x, before, after)  # the forward denominator base
     t = dy * y / s  # dL/dy_c * y_c / s_c

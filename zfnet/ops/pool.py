@@ -285,14 +285,40 @@ def max_unpool2d(y, switches, output_size):
         raise ShapeError(f"max_unpool2d: switches point outside an output plane of size {(h, w)}")
     if xp is cupy and y.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_max_unpool2d (atomic adds)
         return _kernels.max_unpool2d(y, switches, (h, w))
+    if xp is np and y.size >= 1 << 16:
+        return _max_unpool2d_chunked(y, switches, (h, w))
     x = xp.zeros(n * c * h * w, dtype=y.dtype)  # the (n, c) planes of H*W values, one after another
     start = xp.arange(n * c, dtype=xp.int64).reshape(n * c, 1) * (h * w)  # where each plane starts
     flat = switches.reshape(n * c, -1) + start  # (N*C, H_out*W_out) indices into x
     # add.at accumulates repeated indices (a plain fancy-index assignment would keep only one);
     # with one flat index array it also takes NumPy's fast 1-D path
-    if xp is np and y.size >= 1 << 16:  # planes are disjoint: share them out among CPU threads
-        flat, yr, per = flat.reshape(-1), y.reshape(-1), y.size // (n * c)
-        parallel_range(n * c, lambda lo, hi: np.add.at(x, flat[lo * per : hi * per], yr[lo * per : hi * per]))
-    else:
-        xp.add.at(x, flat.reshape(-1), y.reshape(-1))
+    xp.add.at(x, flat.reshape(-1), y.reshape(-1))
+    return x.reshape(n, c, h, w)
+
+
+def _max_unpool2d_chunked(y, switches, size):
+    """:func:`max_unpool2d` on NumPy, a few planes at a time, shared among CPU threads.
+
+    The same ``np.add.at`` over the same indices in the same order, so the same sums;
+    but each piece of about ``_CHUNK_BYTES`` of output is zeroed and filled while it
+    is in cache, instead of scattering into a whole-batch buffer (ZFNet's pool1
+    gradient at batch 32 is 148 MB).  Planes are disjoint, so threads never share a
+    value.
+    """
+    n, c = y.shape[:2]
+    h, w = size
+    planes, per = n * c, y.size // max(1, n * c)
+    x = np.empty((planes, h * w), dtype=y.dtype)  # (N*C, H*W)
+    flat, yr = switches.reshape(planes, per), y.reshape(planes, per)
+    step = max(1, _CHUNK_BYTES // (h * w * y.itemsize))
+
+    def work(lo, hi):
+        for p0 in range(lo, hi, step):
+            p1 = min(p0 + step, hi)
+            piece = x[p0:p1]
+            piece.fill(0)
+            start = np.arange(p1 - p0, dtype=np.int64).reshape(-1, 1) * (h * w)  # each plane's start in the piece
+            np.add.at(piece.reshape(-1), (flat[p0:p1] + start).reshape(-1), yr[p0:p1].reshape(-1))
+
+    parallel_range(planes, work, min_items=step)
     return x.reshape(n, c, h, w)
