@@ -6,7 +6,7 @@ wall-clock timers, then runs ``--steps`` steps of ``--arch`` at ``--batch`` on r
 uint8 pictures through the trainer's own ``_batch`` and ``train_step``.  Prints the
 last step's table.  Timings on a shared machine vary by +-20% between runs: repeat.
 
-    python benchmarks/train_profile.py --arch zfnet --batch 32 --steps 3
+    python benchmarks/train_profile.py --arch zfnet --batch 32 --steps 3 --keep-freed-memory
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="zfnet", choices=("zfnet", "alexnet", "alexnet-torchvision"))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="steps run; the last one is reported")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="keep freed memory in the process, as Trainer.fit does (zfnet._memory)")
     args = p.parse_args(argv)
+    if args.keep_freed_memory:
+        from zfnet._memory import keep_freed_memory
+
+        keep_freed_memory()
 
     ops: dict[str, list[float]] = {}
     for name in OPS:  # the names the layers call, as bound in zfnet.nn.layers
