@@ -297,8 +297,11 @@ def test_col2im_phases_checks_its_kernel_size():
 def test_lrn_by_images_equals_whole_batch(n, c, hw, size, chunk_bytes, strided, seed):
     """LRN and its gradient computed a few images at a time (the NumPy path) give the
     very same values as the formula on the whole batch: the same float operations."""
+    import os
+
     from zfnet.ops import norm
 
+    os.environ["ZFNET_NUM_THREADS"] = "2"  # two threads even on a one-core runner (restored below)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, hw, hw + 1)).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
@@ -311,14 +314,35 @@ def test_lrn_by_images_equals_whole_batch(n, c, hw, size, chunk_bytes, strided, 
         dx = ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0)
     finally:
         norm._CHUNK_BYTES = old
+        os.environ.pop("ZFNET_NUM_THREADS", None)
     np.testing.assert_array_equal(y, norm._lrn(np, x, size, 1e-2, 0.75, 2.0))
     np.testing.assert_array_equal(dx, norm._lrn_backward(np, x, y, dy, size, 1e-2, 0.75, 2.0))
     assert y.dtype == dx.dtype == np.float32
 
 
-def test_chunked_unpool_and_relu_backward_equal_readable():
+def test_lrn_of_integers_and_float64_keeps_the_formulas_dtype():
+    """Integer inputs are not squeezed into an integer buffer: float64, as the formula gives."""
+    x = np.arange(2 * 3 * 2 * 4).reshape(2, 3, 2, 4)
+    y = ops.lrn(x, 3)
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, x / (1.0 + (1e-4 / 3) * _channel_window(x * x, 1, 1)) ** 0.75, rtol=1e-12)
+    dx = ops.lrn_backward(x, x, x, 3)
+    assert dx.dtype == np.float64
+    xf = x.astype(np.float64) / 7
+    np.testing.assert_array_equal(ops.lrn(xf, 3), ops.norm._lrn(np, xf, 3, 1e-4, 0.75, 1.0))
+
+
+def _channel_window(a, before, after):
+    out = np.zeros(a.shape, np.float64)
+    for c in range(a.shape[1]):
+        out[:, c] = a[:, max(0, c - before): c + after + 1].sum(axis=1)
+    return out
+
+
+def test_chunked_unpool_and_relu_backward_equal_readable(monkeypatch):
     """The threaded, piecewise unpooling and ReLU gradient on ZFNet-sized maps (many
     pieces, two threads) equal one whole-batch np.add.at and ``dy * (y > 0)``."""
+    monkeypatch.setenv("ZFNET_NUM_THREADS", "2")  # two threads even on a one-core runner
     rng = np.random.default_rng(8)
     x = np.maximum(rng.standard_normal((3, 40, 110, 110)), 0).astype(np.float32)  # many ties at 0
     y, sw = ops.max_pool2d(x, 3, 2, 0, True)

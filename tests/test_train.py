@@ -570,3 +570,16 @@ def test_init_from_refuses_other_networks_and_other_preprocessing(tmp_path):
         run(tmp_path / "pix", tiny_config(init_from=src, input_scale="pixel"))
     with pytest.raises(ConfigError, match="no such file"):
         run(tmp_path / "gone", tiny_config(init_from=str(tmp_path / "nope.npz")))
+
+
+def test_fit_keeps_freed_memory_only_when_asked(tmp_path, monkeypatch):
+    """The process-wide allocator setting is opt-in: ``zfnet train`` asks for it, a
+    library caller gets an unchanged process unless it does."""
+    import zfnet.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    run(tmp_path / "plain", tiny_config(epochs=1))
+    assert calls == []
+    run(tmp_path / "kept", tiny_config(epochs=1), keep_freed_memory=True)
+    assert calls == [1]

@@ -10,8 +10,9 @@ them: 5-20 faults and no system time, steps of 2.13-2.24 s.  The cost is that th
 process keeps its peak memory until it exits, which a training run reaches every
 step anyway.
 
-Both functions change process-wide ``mallopt`` settings, do nothing where the C
-library is not glibc, and return whether they did anything.
+Both functions change process-wide ``mallopt`` settings for good (any such call also
+switches off glibc's adaptive mmap threshold), do nothing where the C library is not
+glibc, and return whether their setting is in effect.
 """
 
 from __future__ import annotations
@@ -38,18 +39,18 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 def keep_freed_memory() -> bool:
     """Serve large arrays from the heap and never trim it (for training processes).
 
-    ``M_MMAP_MAX = 0`` (no block is mmapped) and ``M_TRIM_THRESHOLD = -1`` (freed
-    memory is never returned), as documented in ``mallopt(3)``.  ``zfnet train`` and
-    :meth:`zfnet.train.Trainer.fit` call it on the CPU; the ``train step`` rows of
-    ``python -m benchmarks`` too (the setting is per process, so PyTorch, timed in the
-    same process, gets it as well).
+    ``M_MMAP_MAX = 0`` (the main heap serves every block) and ``M_TRIM_THRESHOLD = -1``
+    (freed memory is never returned), as documented in ``mallopt(3)``.  This holds
+    for arrays allocated on the main thread: another thread's heap holds at most 64
+    MiB, and glibc still maps larger blocks of a thread anew, so a training loop
+    should run on the main thread (as ``zfnet train`` does).  ``zfnet train`` calls
+    it (``Trainer(..., keep_freed_memory=True)``), and so does ``python -m benchmarks
+    --keep-freed-memory`` (per process: PyTorch, timed in the same process, gets it
+    as well).  Call it only in a process of its own: it cannot be undone.
     """
-    if "keep" in _done:
-        return True
-    ok = _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
-    if ok:
+    if "keep" not in _done and _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)):
         _done.add("keep")
-    return ok
+    return "keep" in _done
 
 
 def adaptive_malloc() -> bool:
@@ -59,9 +60,10 @@ def adaptive_malloc() -> bool:
     temporary array is mapped and zeroed anew (35% slower forward passes, measured).
     On a worker started with it (``dask worker`` does by default), raise the mmap and
     trim thresholds to glibc's adaptive ceiling (32 MiB) once per process.  Elsewhere
-    (no variable, not glibc) nothing happens.
+    (no variable, not glibc) nothing happens, nor after :func:`keep_freed_memory`,
+    whose setting already keeps every block.
     """
-    if "adaptive" in _done or "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return False
-    _done.add("adaptive")
-    return _mallopt((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20))
+    if "adaptive" not in _done and "keep" not in _done and "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        if _mallopt((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20)):
+            _done.add("adaptive")
+    return "adaptive" in _done

@@ -354,7 +354,7 @@ def run_train(args: argparse.Namespace) -> int:
           + f" of {train.size}x{train.size}, {len(train.names)} classes; device {device}")
     trainer = Trainer(config, train, val, out, device=device, progress=not args.no_progress,
                       time_limit=None if args.time_limit is None else args.time_limit * 60,
-                      stop_at_epoch=args.stop_at_epoch)
+                      stop_at_epoch=args.stop_at_epoch, keep_freed_memory=True)  # a process of its own
     print(trainer.model.summary())
     summary = trainer.fit(resume=args.resume)
     last = summary["history"][-1] if summary["history"] else {}

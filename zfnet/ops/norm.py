@@ -53,7 +53,7 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         raise ShapeError(f"lrn: size must be >= 1, got {size}")
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_forward; this code is its reference
         return _kernels.lrn(x, size, alpha, beta, k)
-    if xp is np:
+    if xp is np and x.dtype.kind == "f":
         return _by_images(lambda xc: _lrn(np, xc, size, alpha, beta, k), x)
     return _lrn(xp, x, size, alpha, beta, k)
 
@@ -74,6 +74,8 @@ def _by_images(fn, *arrays):
     a whole batch each pass streams the arrays through memory, on a piece of about
     ``_CHUNK_BYTES`` they stay in cache.  Every value is computed by the same float
     operations in the same order as on the whole array: the result is identical.
+    Floating-point inputs only (the output takes their common dtype; integer inputs
+    give float64 through the whole-array formula).
     """
     first = arrays[0]
     n = len(first)
@@ -145,7 +147,7 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
         )
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_backward; this code is its reference
         return _kernels.lrn_backward(x, y, dy, size, alpha, beta, k)
-    if xp is np:
+    if xp is np and all(a.dtype.kind == "f" for a in (x, y, dy)):
         return _by_images(lambda xc, yc, dyc: _lrn_backward(np, xc, yc, dyc, size, alpha, beta, k), x, y, dy)
     return _lrn_backward(xp, x, y, dy, size, alpha, beta, k)
 
