@@ -358,3 +358,27 @@ def test_chunked_unpool_and_relu_backward_equal_readable(monkeypatch):
         got = ops.relu_backward(dy, a)
         np.testing.assert_array_equal(got, dy * (a > 0))
         assert got.dtype == np.float32 and got.shape == dy.shape
+
+
+@pytest.mark.parametrize("shape", [
+    # (N, C, H, C_out, k, stride, pad, groups): conv1- and conv2-like layers on maps wide
+    # enough for flat-shift columns, conv3-5 on 13x13 maps (compact columns), a grouped
+    # AlexNet-like layer, a 1x1 convolution
+    (2, 3, 71, 8, 7, 2, 1, 1), (2, 6, 55, 8, 5, 2, 0, 1), (3, 16, 13, 12, 3, 1, 1, 1), (2, 16, 13, 12, 3, 1, 1, 2),
+    (3, 8, 9, 6, 1, 1, 0, 1),
+])
+def test_weight_grad_columns_in_gemm_layout(shape, monkeypatch):
+    """The weight gradient writes its columns straight into the GEMM's channel-major
+    layout (both column kinds, groups, several chunks): equal to the readable
+    one-GEMM-per-image version to float64 rounding."""
+    from zfnet.ops import conv as conv_mod
+
+    n, c, h, o, k, s, p, g = shape
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, h, h))
+    ho = ops.conv_out_size(h, k, s, p)
+    dy = rng.standard_normal((n, o, ho, ho))
+    monkeypatch.setattr(conv_mod, "_WGRAD_CHUNK_BYTES", 1)  # one image per chunk: several chunks
+    got = ops.conv2d_weight_grad(x, dy, (o, c // g, k, k), s, p, g)
+    want = conv_mod._conv2d_weight_grad_im2col(x, dy, (o, c // g, k, k), (s, s), (p, p), g, (ho, ho))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)

@@ -303,8 +303,8 @@ def _conv2d_weight_grad_phases(x, dy, w_shape, stride, padding, groups, out_size
     ``dY``), instead of one short GEMM per image (169 positions for a 13x13 map) plus
     a sum over the batch.  The columns are those of the forward pass
     (:func:`~zfnet.ops.im2col.im2col_phases`, or the compact :func:`im2col` on small
-    maps, as :func:`_conv2d_phases` chooses), transposed chunk by chunk to put images
-    next to positions.
+    maps, as :func:`_conv2d_phases` chooses), written chunk by chunk straight into a
+    channel-major buffer that puts images next to positions.
     """
     n, c = x.shape[:2]
     o, cg, kh, kw = w_shape
@@ -320,21 +320,21 @@ def _conv2d_weight_grad_phases(x, dy, w_shape, stride, padding, groups, out_size
     for n0 in range(0, n, step):
         xc = x[n0 : n0 + step]
         m = len(xc)
+        # The columns go straight into the GEMM's layout, channel-major (C, kH, kW, m, L):
+        # each group's (C_g*kH*kW, m*L) operand is then a plain reshape, not a transposed copy.
+        cbuf = np.empty((c, kh, kw, m, length), dtype=x.dtype)  # (C, kH, kW, m, L)
         if compact:
-            cols = im2col(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out, W_out)
+            im2col(xc, (kh, kw), stride, padding,
+                   out=cbuf.reshape(c, kh, kw, m, ho, wo).transpose(3, 0, 1, 2, 4, 5))  # written as (m, C, kH, kW, H_out, W_out)
         else:
-            cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out*Wq)
-        cols = cols.reshape(m, groups, k, length)  # (m, G, C_g*kH*kW, L)
-        dyc = dy[n0 : n0 + step]  # (m, C_out, H_out, W_out)
-        if wq > wo:
-            pad = np.zeros((m, o, ho, wq), dtype=dy.dtype)  # (m, C_out, H_out, Wq): zero wrap-around
-            pad[..., :wo] = dyc
-            dyc = pad
-        dyc = dyc.reshape(m, groups, og, length)  # (m, G, O_g, L)
+            im2col_phases(xc, (kh, kw), stride, padding, out=cbuf.transpose(3, 0, 1, 2, 4))  # as (m, C, kH, kW, L)
+        # The output gradient likewise as (C_out, m, H_out, Wq), wrap-around columns zero: one copy.
+        dbuf = (np.zeros if wq > wo else np.empty)((o, m, ho, wq), dtype=dy.dtype)
+        dbuf[..., :wo] = dy[n0 : n0 + step].transpose(1, 0, 2, 3)
+        a_all = dbuf.reshape(groups, og, m * length)  # (G, O_g, m*L)
+        b_all = cbuf.reshape(groups, k, m * length)  # (G, C_g*kH*kW, m*L)
         for g in range(groups):
-            a = dyc[:, g].transpose(1, 0, 2).reshape(og, m * length)  # (O_g, m*L), a copy
-            b = cols[:, g].transpose(1, 0, 2).reshape(k, m * length)  # (C_g*kH*kW, m*L), a copy
-            dw[g] += a @ b.T  # (O_g, C_g*kH*kW)
+            dw[g] += a_all[g] @ b_all[g].T  # (O_g, C_g*kH*kW)
     return dw.reshape(o, cg, kh, kw)
 
 

@@ -26,7 +26,7 @@ from ._shape import conv_out_size
 __all__ = ["im2col", "col2im"]
 
 
-def im2col(x, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]):
+def im2col(x, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], out=None):
     """Gather every convolution window of ``x`` into columns.
 
     ``cols[n, c, i, j, oh, ow] = x_pad[n, c, oh*sH + i, ow*sW + j]``.
@@ -36,6 +36,8 @@ def im2col(x, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tu
     x : array, shape (N, C, H, W)
     kernel_size, stride, padding : pairs of int
         Zero padding ``padding`` is applied on both sides of each spatial axis.
+    out : array, shape (N, C, kH, kW, H_out, W_out), optional
+        Where to write the columns (any strides, e.g. a transposed view of a GEMM operand).
 
     Returns
     -------
@@ -53,7 +55,7 @@ def im2col(x, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tu
     ho, wo = conv_out_size(h, kh, sh, ph), conv_out_size(w, kw, sw, pw)
     if ph or pw:
         x = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, H+2pH, W+2pW)
-    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype)
+    cols = xp.empty((n, c, kh, kw, ho, wo), dtype=x.dtype) if out is None else out
     for i in range(kh):
         for j in range(kw):
             # rows i, i+sH, ..., i+(H_out-1)sH of the padded input: offset (i, j) of every window
