@@ -204,6 +204,25 @@ def test_parallel_range_covers_every_item_once_and_raises():
         parallel_range(10, lambda lo, hi: (_ for _ in ()).throw(ValueError("boom")))
 
 
+def test_parallel_pieces_cover_every_item_once_in_pieces_of_the_asked_size(monkeypatch):
+    from zfnet.ops._parallel import parallel_pieces
+
+    monkeypatch.setenv("ZFNET_NUM_THREADS", "2")
+    seen = np.zeros(100, int)
+    sizes = []
+
+    def mark(lo, hi):
+        seen[lo:hi] += 1
+        sizes.append(hi - lo)
+
+    parallel_pieces(100, 8, mark, piece_bytes=80)  # 10 items a piece
+    assert (seen == 1).all() and max(sizes) == 10 and len(sizes) == 10
+    sizes.clear()
+    parallel_pieces(3, 1 << 30, mark, piece_bytes=1 << 20)  # items bigger than a piece: one each
+    assert sorted(sizes) == [1, 1, 1]
+    parallel_pieces(0, 8, mark)  # nothing to do
+
+
 def test_threaded_relu_equals_maximum():
     rng = np.random.default_rng(5)
     for shape in [(1, 9, 128, 130), (3, 4, 100, 200)]:

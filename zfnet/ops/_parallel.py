@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-__all__ = ["num_threads", "parallel_range"]
+__all__ = ["num_threads", "parallel_range", "parallel_pieces"]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -67,3 +67,20 @@ def parallel_range(n: int, fn: Callable[[int, int], None], min_items: int = 1) -
     finally:
         for f in futures:
             f.result()
+
+
+def parallel_pieces(n: int, item_bytes: int, fn: Callable[[int, int], None], piece_bytes: int = 1 << 20) -> None:
+    """Call ``fn(lo, hi)`` on pieces of ``range(n)`` of about ``piece_bytes`` each.
+
+    Each piece has at least one item of ``item_bytes``; the pieces are shared out
+    among threads as :func:`parallel_range` shares items (a contiguous run of pieces
+    per thread).  For elementwise work on big maps: a piece's temporaries stay in
+    cache where a whole batch would stream through memory once per operation.
+    """
+    step = max(1, piece_bytes // max(1, item_bytes))
+
+    def run(lo, hi):
+        for i0 in range(lo, hi, step):
+            fn(i0, min(i0 + step, hi))
+
+    parallel_range(n, run, min_items=step)

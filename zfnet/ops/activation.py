@@ -6,7 +6,7 @@ import numpy as np
 
 from ..backend import cupy, get_array_module
 from . import _kernels
-from ._parallel import parallel_range
+from ._parallel import parallel_pieces, parallel_range
 
 __all__ = ["relu", "relu_backward", "softmax"]
 
@@ -77,14 +77,8 @@ def relu_backward(dy, y):
     if isinstance(dy, np.ndarray) and isinstance(y, np.ndarray) and dy.ndim >= 2 and dy.size >= 1 << 18 \
             and dy.shape == y.shape:  # a big map: a few images at a time (in cache), shared among CPU threads
         dx = np.empty(dy.shape, dtype=np.result_type(dy.dtype, np.bool_))
-        step = max(1, (1 << 20) // max(1, dy[0].nbytes))
-
-        def work(lo, hi):
-            for i0 in range(lo, hi, step):
-                i1 = min(i0 + step, hi)
-                np.multiply(dy[i0:i1], y[i0:i1] > 0, out=dx[i0:i1])  # the same products as below
-
-        parallel_range(len(dy), work, min_items=step)
+        parallel_pieces(len(dy), dy[0].nbytes,
+                        lambda lo, hi: np.multiply(dy[lo:hi], y[lo:hi] > 0, out=dx[lo:hi]))  # the same products as below
         return dx
     return dy * (y > 0)
 

@@ -13,7 +13,7 @@ import numpy as np
 from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from . import _kernels
-from ._parallel import parallel_range
+from ._parallel import parallel_pieces
 
 __all__ = ["lrn", "lrn_backward", "lrn_within_channel", "lrn_within_channel_backward"]
 
@@ -78,17 +78,12 @@ def _by_images(fn, *arrays):
     give float64 through the whole-array formula).
     """
     first = arrays[0]
-    n = len(first)
-    per_image = max(1, first[0].nbytes) if n else 1
-    step = max(1, _CHUNK_BYTES // per_image)
     out = np.empty(first.shape, dtype=np.result_type(*arrays))
 
-    def work(lo, hi):
-        for i0 in range(lo, hi, step):
-            i1 = min(i0 + step, hi)
-            out[i0:i1] = fn(*(a[i0:i1] for a in arrays))
+    def piece(lo, hi):
+        out[lo:hi] = fn(*(a[lo:hi] for a in arrays))
 
-    parallel_range(n, work, min_items=step)
+    parallel_pieces(len(first), first[0].nbytes if len(first) else 1, piece, _CHUNK_BYTES)
     return out
 
 

@@ -20,7 +20,7 @@ from ..backend import cupy, get_array_module
 from ..errors import ShapeError
 from ._shape import pair, pool_out_size
 from . import _kernels
-from ._parallel import parallel_range
+from ._parallel import parallel_pieces, parallel_range
 from .im2col import split_phase
 
 __all__ = ["max_pool2d", "max_unpool2d"]
@@ -310,15 +310,12 @@ def _max_unpool2d_chunked(y, switches, size):
     planes, per = n * c, y.size // max(1, n * c)
     x = np.empty((planes, h * w), dtype=y.dtype)  # (N*C, H*W)
     flat, yr = switches.reshape(planes, per), y.reshape(planes, per)
-    step = max(1, _CHUNK_BYTES // (h * w * y.itemsize))
 
-    def work(lo, hi):
-        for p0 in range(lo, hi, step):
-            p1 = min(p0 + step, hi)
-            piece = x[p0:p1]
-            piece.fill(0)
-            start = np.arange(p1 - p0, dtype=np.int64).reshape(-1, 1) * (h * w)  # each plane's start in the piece
-            np.add.at(piece.reshape(-1), (flat[p0:p1] + start).reshape(-1), yr[p0:p1].reshape(-1))
+    def piece(lo, hi):  # planes [lo, hi)
+        out = x[lo:hi]
+        out.fill(0)
+        start = np.arange(hi - lo, dtype=np.int64).reshape(-1, 1) * (h * w)  # each plane's start in the piece
+        np.add.at(out.reshape(-1), (flat[lo:hi] + start).reshape(-1), yr[lo:hi].reshape(-1))
 
-    parallel_range(planes, work, min_items=step)
+    parallel_pieces(planes, h * w * y.itemsize, piece, _CHUNK_BYTES)
     return x.reshape(n, c, h, w)
