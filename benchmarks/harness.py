@@ -127,5 +127,7 @@ def environment(threads: int) -> dict[str, str]:
                  f"inter-op {torch.get_num_interop_threads()})",
         "threads": f"{threads} (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}, "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
-                   f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS')})",
+                   f"MKL_NUM_THREADS={os.environ.get('MKL_NUM_THREADS')}, "
+                   f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}, "
+                   f"ZFNET_WINOGRAD={os.environ.get('ZFNET_WINOGRAD', '(unset: on)')})",
     }

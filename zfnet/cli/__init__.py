@@ -8,7 +8,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+
+# OpenBLAS's idle threads spin for 2**28 cycles (about 0.1 s) after every GEMM before
+# they sleep, and on a small machine they take the cores from the threaded NumPy work
+# that follows each GEMM (im2col, pooling, LRN; zfnet.ops._parallel).  2**4 cycles
+# makes a ZFNet training step 5% faster on 2 cores (benchmarks/RESULTS.md).  Read once,
+# when NumPy loads OpenBLAS: only a `zfnet` process that has not imported NumPy yet is
+# affected, and a value already in the environment wins.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .. import __version__
 from ..errors import ZfnetError

@@ -29,6 +29,7 @@ from ..errors import ShapeError
 from . import _kernels
 from ._shape import conv_out_size, conv_transpose_out_size, pair
 from .im2col import col2im, col2im_phases, im2col, im2col_phases, phase_geometry
+from .winograd import winograd_applies, winograd_conv2d, winograd_input_grad, winograd_weight_grad
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_weight_grad", "conv2d_bias_grad"]
 
@@ -74,6 +75,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     same GEMM runs on columns in the flat-shift layout (:func:`~zfnet.ops.im2col.im2col_phases`,
     one contiguous copy per kernel offset), image by image to stay in cache; the
     result is then a strided view that skips the layout's wrap-around columns.
+    3x3 stride-1 layers with many channels (ZFNet's and AlexNet's conv3-conv5) take
+    Winograd's F(2x2, 3x3) instead (:mod:`zfnet.ops.winograd`; ``ZFNET_WINOGRAD=0``
+    switches it off), which agrees to float32 rounding.
     """
     xp = get_array_module(x, w)
     _check(x, w, groups, "conv2d")
@@ -91,6 +95,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
         return _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
     if xp is np and x.dtype.kind == "f":
+        if winograd_applies(cg, o // groups, (kh, kw), stride, padding, (ho, wo), np.result_type(x, w)):
+            return winograd_conv2d(x, w, b, padding, groups)  # 3x3 stride 1, many channels
         return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo))
     return _conv2d_im2col(x, w, b, stride, padding, groups, (ho, wo))
 
@@ -182,6 +188,11 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
     if xp is cupy and y.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
         return _kernels.conv_transpose2d(y, w, b, stride, padding, groups, (h, wd))  # cuBLAS + CUDA col2im
     if xp is np and y.dtype.kind == "f":
+        # at stride 1 the adjoint is a convolution with the flipped filters, C_in and C_out swapped
+        flipped_padding = (kh - 1 - padding[0], kw - 1 - padding[1])
+        if winograd_applies(o // groups, cg, (kh, kw), stride, flipped_padding, (h, wd), np.result_type(y, w)):
+            x = winograd_input_grad(y, w, padding, groups)
+            return x if b is None else x + b.reshape(1, c, 1, 1)
         return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
     return _conv_transpose2d_col2im(y, w, b, stride, padding, groups, (h, wd))
 
@@ -399,6 +410,8 @@ def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
     if tuple(dy.shape) != (n, o, ho, wo):
         raise ShapeError(f"conv2d_weight_grad: dy must have shape {(n, o, ho, wo)}, got {tuple(dy.shape)}")
     if xp is np and x.dtype.kind == "f" and dy.dtype == x.dtype:
+        if winograd_applies(cg, o // groups, (kh, kw), stride, padding, (ho, wo), x.dtype):
+            return winograd_weight_grad(x, dy, (o, cg, kh, kw), padding, groups)
         return _conv2d_weight_grad_phases(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
     return _conv2d_weight_grad_im2col(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
 
