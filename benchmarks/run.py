@@ -35,7 +35,8 @@ def _early_threads(argv) -> int:
 THREADS = _early_threads(sys.argv[1:])
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as the `zfnet` command sets it (zfnet/cli/__init__.py)
+if "numpy" not in sys.modules:  # as the `zfnet` command sets it (zfnet/cli/__init__.py)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402

@@ -12,11 +12,15 @@ last step's table.  Timings on a shared machine vary by +-20% between runs: repe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+if "numpy" not in sys.modules:  # as the `zfnet` command does (zfnet/cli/__init__.py)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -20,7 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+if "numpy" not in sys.modules:  # as the `zfnet` command does (zfnet/cli/__init__.py)
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -55,7 +55,7 @@ import os
 import numpy as np
 
 from ..errors import ShapeError
-from ._parallel import parallel_range
+from ._parallel import parallel_pieces
 
 __all__ = ["winograd_conv2d", "winograd_weight_grad", "winograd_input_grad", "winograd_applies"]
 
@@ -81,10 +81,10 @@ def winograd_applies(in_channels, out_channels, kernel_size, stride, padding, ou
     conv4 (384 -> 384 on 13x13, score 192) 85/72/89 -> 57/54/59 ms, AlexNet's grouped
     conv5 (192 -> 128 per group, 77) 49/42/43 -> 32/32/32 ms, 96 -> 96 on 13x13 (48)
     11/8/10 -> 8/8/9 ms, 64 -> 64 on 27x27 (32) about even, 32 -> 32 on 55x55 (16)
-    slower.  Set the environment variable ``ZFNET_WINOGRAD=0`` to always take the
-    im2col path.
+    slower.  Set the environment variable ``ZFNET_WINOGRAD=0`` (or ``false``, ``off``,
+    ``no``) to always take the im2col path.
     """
-    if os.environ.get("ZFNET_WINOGRAD", "").strip() == "0":
+    if os.environ.get("ZFNET_WINOGRAD", "").strip().lower() in ("0", "false", "off", "no"):
         return False
     if np.dtype(dtype) not in (np.float32, np.float64):
         return False
@@ -134,7 +134,7 @@ def input_transform(x, padding, out_size):
     map is extended with zeros on the bottom/right where the last tile needs it.
     Channels are taken a piece at a time, copied image-innermost ``(c, Hp, Wp, N)``:
     then every add and subtract runs over rows of ``N`` (or more) contiguous values
-    instead of a tile's few, and the transposed copy in costs less than 1 ms.
+    instead of a tile's few (``docs/speed.md``).
 
     Parameters
     ----------
@@ -146,28 +146,29 @@ def input_transform(x, padding, out_size):
     -------
     v : array, shape (16, C, tH, tW, N)
         ``v[4 k + l, c, ty, tx, n] = (B^T d B)[k, l]`` of tile ``(ty, tx)`` of image ``n``.
+
+    Paired with
+    -----------
+    :func:`output_transform` (tiles back to maps) in :func:`winograd_conv2d`.
     """
     n, c, h, w = x.shape
     (ph, pw), (th, tw) = padding, _tiles(out_size)
     hp, wp = 2 * th + 2, 2 * tw + 2
     v = np.empty((16, c, th, tw, n), dtype=x.dtype)
-    step = max(1, _PIECE_BYTES // max(1, n * hp * wp * x.itemsize))
 
-    def run(c_lo, c_hi):
-        for c0 in range(c_lo, c_hi, step):
-            c1 = min(c0 + step, c_hi)
-            xpad = np.zeros((c1 - c0, hp, wp, n), dtype=x.dtype)  # (c, Hp, Wp, N)
-            xpad[:, ph : ph + h, pw : pw + w] = x[:, c0:c1].transpose(1, 2, 3, 0)
-            q = [xpad[:, :, j : j + 2 * tw : 2] for j in range(4)]  # tile column j: (c, Hp, tW, N)
-            cols = (q[0] - q[2], q[1] + q[2], q[2] - q[1], q[1] - q[3])  # d B
-            for l, t in enumerate(cols):
-                r = [t[:, i : i + 2 * th : 2] for i in range(4)]  # tile row i: (c, tH, tW, N)
-                np.subtract(r[0], r[2], out=v[l, c0:c1])  # B^T (d B)
-                np.add(r[1], r[2], out=v[4 + l, c0:c1])
-                np.subtract(r[2], r[1], out=v[8 + l, c0:c1])
-                np.subtract(r[1], r[3], out=v[12 + l, c0:c1])
+    def piece(c0, c1):  # channels [c0, c1)
+        xpad = np.zeros((c1 - c0, hp, wp, n), dtype=x.dtype)  # (c, Hp, Wp, N)
+        xpad[:, ph : ph + h, pw : pw + w] = x[:, c0:c1].transpose(1, 2, 3, 0)
+        q = [xpad[:, :, j : j + 2 * tw : 2] for j in range(4)]  # tile column j: (c, Hp, tW, N)
+        cols = (q[0] - q[2], q[1] + q[2], q[2] - q[1], q[1] - q[3])  # d B, column l: (c, Hp, tW, N)
+        for l, t in enumerate(cols):
+            r = [t[:, i : i + 2 * th : 2] for i in range(4)]  # tile row i: (c, tH, tW, N)
+            np.subtract(r[0], r[2], out=v[l, c0:c1])  # B^T (d B)
+            np.add(r[1], r[2], out=v[4 + l, c0:c1])
+            np.subtract(r[2], r[1], out=v[8 + l, c0:c1])
+            np.subtract(r[1], r[3], out=v[12 + l, c0:c1])
 
-    parallel_range(c, run, min_items=step)
+    parallel_pieces(c, n * hp * wp * x.itemsize, piece, _PIECE_BYTES)
     return v
 
 
@@ -183,28 +184,29 @@ def output_transform(m, out_size, bias=None):
     Returns
     -------
     y : array, shape (N, C_out, H_out, W_out), C-contiguous
+
+    Paired with
+    -----------
+    :func:`output_transform_adjoint` (its adjoint, for the filter gradient).
     """
     _, o, th, tw, n = m.shape
     ho, wo = out_size
     y = np.empty((n, o, ho, wo), dtype=m.dtype)
-    step = max(1, _PIECE_BYTES // max(1, 16 * n * th * tw * m.itemsize))
 
-    def run(o_lo, o_hi):
-        for o0 in range(o_lo, o_hi, step):
-            o1 = min(o0 + step, o_hi)
-            mm = m[:, o0:o1]
-            # A^T M: row a of the 2x4 half-transformed tile, s[a][l] (c, tH, tW, N)
-            s0 = [mm[l] + mm[4 + l] + mm[8 + l] for l in range(4)]
-            s1 = [mm[4 + l] - mm[8 + l] - mm[12 + l] for l in range(4)]
-            dst = np.empty((o1 - o0, 2 * th, 2 * tw, n), dtype=m.dtype)  # image-innermost, as m
-            for a, s in enumerate((s0, s1)):  # (A^T M) A
-                np.add(s[0] + s[1], s[2], out=dst[:, a::2, 0::2])
-                np.subtract(s[1] - s[2], s[3], out=dst[:, a::2, 1::2])
-            if bias is not None:
-                dst += bias[o0:o1].reshape(-1, 1, 1, 1).astype(m.dtype)
-            y[:, o0:o1] = dst[:, :ho, :wo].transpose(3, 0, 1, 2)  # back to (N, c, H_out, W_out)
+    def piece(o0, o1):  # output channels [o0, o1)
+        mm = m[:, o0:o1]  # (16, c, tH, tW, N)
+        # A^T M: row a of the 2x4 half-transformed tile, s[a][l] (c, tH, tW, N)
+        s0 = [mm[l] + mm[4 + l] + mm[8 + l] for l in range(4)]
+        s1 = [mm[4 + l] - mm[8 + l] - mm[12 + l] for l in range(4)]
+        tiles = np.empty((o1 - o0, 2 * th, 2 * tw, n), dtype=m.dtype)  # image-innermost, as m
+        for a, s in enumerate((s0, s1)):  # (A^T M) A
+            np.add(s[0] + s[1], s[2], out=tiles[:, a::2, 0::2])
+            np.subtract(s[1] - s[2], s[3], out=tiles[:, a::2, 1::2])
+        if bias is not None:
+            tiles += bias[o0:o1].reshape(-1, 1, 1, 1).astype(m.dtype)
+        y[:, o0:o1] = tiles[:, :ho, :wo].transpose(3, 0, 1, 2)  # back to (N, c, H_out, W_out)
 
-    parallel_range(o, run, min_items=step)
+    parallel_pieces(o, 16 * n * th * tw * m.itemsize, piece, _PIECE_BYTES)
     return y
 
 
@@ -219,28 +221,29 @@ def output_transform_adjoint(dy, out_size):
     Returns
     -------
     dm : array, shape (16, C_out, tH, tW, N)
+
+    Paired with
+    -----------
+    :func:`output_transform`.
     """
     n, o = dy.shape[:2]
     th, tw = _tiles(out_size)
     ho, wo = out_size
     dm = np.empty((16, o, th, tw, n), dtype=dy.dtype)
-    step = max(1, _PIECE_BYTES // max(1, 4 * n * th * tw * dy.itemsize))
 
-    def run(o_lo, o_hi):
-        for o0 in range(o_lo, o_hi, step):
-            o1 = min(o0 + step, o_hi)
-            pad = np.zeros((o1 - o0, 2 * th, 2 * tw, n), dtype=dy.dtype)  # outputs past the map are 0
-            pad[:, :ho, :wo] = dy[:, o0:o1].transpose(1, 2, 3, 0)
-            c0, c1 = pad[:, :, 0::2], pad[:, :, 1::2]  # column b of every tile: (c, 2 tH, tW, N)
-            cols = (c0, c0 + c1, c0 - c1, -c1)  # dY A^T (A has rows 1 0 / 1 1 / 1 -1 / 0 -1)
-            for l, t in enumerate(cols):
-                y0, y1 = t[:, 0::2], t[:, 1::2]  # row a of every tile: (c, tH, tW, N)
-                dm[l, o0:o1] = y0  # A (dY A^T)
-                np.add(y0, y1, out=dm[4 + l, o0:o1])
-                np.subtract(y0, y1, out=dm[8 + l, o0:o1])
-                np.negative(y1, out=dm[12 + l, o0:o1])
+    def piece(o0, o1):  # output channels [o0, o1)
+        pad = np.zeros((o1 - o0, 2 * th, 2 * tw, n), dtype=dy.dtype)  # outputs past the map are 0
+        pad[:, :ho, :wo] = dy[:, o0:o1].transpose(1, 2, 3, 0)
+        col0, col1 = pad[:, :, 0::2], pad[:, :, 1::2]  # column b of every tile: (c, 2 tH, tW, N)
+        cols = (col0, col0 + col1, col0 - col1, -col1)  # dY A^T (A has rows 1 0 / 1 1 / 1 -1 / 0 -1)
+        for l, t in enumerate(cols):
+            row0, row1 = t[:, 0::2], t[:, 1::2]  # row a of every tile: (c, tH, tW, N)
+            dm[l, o0:o1] = row0  # A (dY A^T)
+            np.add(row0, row1, out=dm[4 + l, o0:o1])
+            np.subtract(row0, row1, out=dm[8 + l, o0:o1])
+            np.negative(row1, out=dm[12 + l, o0:o1])
 
-    parallel_range(o, run, min_items=step)
+    parallel_pieces(o, 4 * n * th * tw * dy.itemsize, piece, _PIECE_BYTES)
     return dm
 
 
@@ -270,8 +273,16 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
 
     Returns
     -------
-    y : ndarray, shape (N, C_out, H + 2 pH - 2, W + 2 pW - 2)
-        (a view cut from whole 2x2 tiles when the output side is odd)
+    y : ndarray, shape (N, C_out, H + 2 pH - 2, W + 2 pW - 2), C-contiguous
+
+    Paired with
+    -----------
+    :func:`winograd_input_grad` (its adjoint) and :func:`winograd_weight_grad`.
+
+    Notes
+    -----
+    An infinite input gives NaN where the direct sum gives +-inf: the transforms
+    subtract it from itself.
     """
     _check(x.shape, w.shape, groups, "winograd_conv2d")
     n, c, h, wd = x.shape
@@ -281,11 +292,11 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
         raise ShapeError(f"winograd_conv2d: empty output for input {(h, wd)} and padding {tuple(padding)}")
     th, tw = _tiles(out_size)
     dtype = np.result_type(x, w)
-    v = input_transform(x.astype(dtype, copy=False), padding, out_size)  # (16, C, N, tH, tW)
+    v = input_transform(x.astype(dtype, copy=False), padding, out_size)  # (16, C, tH, tW, N)
     u = filter_transform(w.astype(dtype, copy=False))  # (16, C_out, C_g)
     og, t = o // groups, n * th * tw
-    vg = v.reshape(16, groups, cg, t)
-    m = np.empty((16, o, t), dtype=dtype)
+    vg = v.reshape(16, groups, cg, t)  # (16, G, C_g, tiles)
+    m = np.empty((16, o, t), dtype=dtype)  # (16, C_out, tiles)
     for g in range(groups):  # 16 GEMMs per group: (O_g, C_g) @ (C_g, tiles)
         np.matmul(u[:, g * og : (g + 1) * og], vg[:, g], out=m[:, g * og : (g + 1) * og])
     return output_transform(m.reshape(16, o, th, tw, n), out_size, b)
@@ -307,6 +318,10 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
     Returns
     -------
     dw : ndarray, shape ``w_shape``
+
+    Paired with
+    -----------
+    :func:`winograd_conv2d`.
     """
     _check(x.shape, w_shape, groups, "winograd_weight_grad")
     n, c, h, wd = x.shape
@@ -316,10 +331,10 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
         raise ShapeError(f"winograd_weight_grad: dy must have shape {(n, o, *out_size)}, got {tuple(dy.shape)}")
     th, tw = _tiles(out_size)
     dtype = np.result_type(x, dy)
-    v = input_transform(x.astype(dtype, copy=False), padding, out_size).reshape(16, groups, cg, n * th * tw)
-    dm = output_transform_adjoint(dy.astype(dtype, copy=False), out_size).reshape(16, o, n * th * tw)
+    v = input_transform(x.astype(dtype, copy=False), padding, out_size).reshape(16, groups, cg, n * th * tw)  # (16, G, C_g, tiles)
+    dm = output_transform_adjoint(dy.astype(dtype, copy=False), out_size).reshape(16, o, n * th * tw)  # (16, C_out, tiles)
     og = o // groups
-    du = np.empty((16, o, cg), dtype=dtype)
+    du = np.empty((16, o, cg), dtype=dtype)  # dL/dU: (16, C_out, C_g)
     for g in range(groups):  # 16 GEMMs per group: (O_g, tiles) @ (tiles, C_g)
         np.matmul(dm[:, g * og : (g + 1) * og], v[:, g].transpose(0, 2, 1), out=du[:, g * og : (g + 1) * og])
     # dg = G^T dU G: first over the tile's rows, then its columns
@@ -339,9 +354,22 @@ def winograd_input_grad(dy, w, padding=(1, 1), groups=1):
     group, and padding ``2 - p``: the same as
     ``conv_transpose2d(dy, w, stride=1, padding=p, groups=groups)``.
 
+    Parameters
+    ----------
+    dy : ndarray, shape (N, C_out, H_out, W_out)
+    w : ndarray, shape (C_out, C_in/groups, 3, 3)
+        The forward's filters.
+    padding : (pH, pW), each 0, 1 or 2
+        The forward's padding.
+    groups : int
+
     Returns
     -------
     dx : ndarray, shape (N, C_in, H_out - 2 pH + 2, W_out - 2 pW + 2)
+
+    Paired with
+    -----------
+    :func:`winograd_conv2d` (``<conv(x), dy> == <x, input_grad(dy)>``).
     """
     o, cg, kh, kw = w.shape
     if o % groups:
