@@ -22,21 +22,23 @@ import os
 import sys
 
 
-def _early_threads(argv) -> int:
-    """``--threads`` must act before NumPy/OpenBLAS start their thread pools."""
+def _early_int(argv, flag: str, default):
+    """The value of ``flag N`` / ``flag=N`` in ``argv``: flags that must act before
+    NumPy/OpenBLAS load (thread pools and their spin-wait are fixed then)."""
     for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
+        if a == flag and i + 1 < len(argv):
             return int(argv[i + 1])
-        if a.startswith("--threads="):
+        if a.startswith(flag + "="):
             return int(a.split("=", 1)[1])
-    return os.cpu_count() or 1
+    return default
 
 
-THREADS = _early_threads(sys.argv[1:])
+THREADS = _early_int(sys.argv[1:], "--threads", os.cpu_count() or 1)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
-if "numpy" not in sys.modules:  # as the `zfnet` command sets it (zfnet/cli/__init__.py)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+SPIN = _early_int(sys.argv[1:], "--openblas-timeout", None)
+if SPIN is not None:  # `zfnet train` uses 4 (zfnet/cli/__init__.py)
+    os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(SPIN)
 
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -468,6 +470,9 @@ def main(argv=None) -> int:
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="keep freed memory in the process (glibc: no mmap, no trim), as `zfnet train` does; "
                         "per process, so both libraries get it")
+    p.add_argument("--openblas-timeout", type=int, default=None, metavar="N",
+                   help="OPENBLAS_THREAD_TIMEOUT for this run: OpenBLAS's idle threads spin 2**N cycles "
+                        "(4-30; OpenBLAS's default 28); `zfnet train` uses 4, so use it for the 'train step' rows")
     args = p.parse_args(argv)
     args.reps = args.reps or (5 if args.quick else 7)
     big = 8 if args.quick else 32

@@ -370,22 +370,26 @@ def test_squeezenet_accuracy_names_missing_data(tmp_path, capsys):
     assert "--weights" in err and "--data" in err and "--classes" in err and "Imagenette" in err
 
 
-def test_command_shortens_openblas_spin_unless_set():
-    """`zfnet` sets OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads; a value already set wins,
-    and a process that imported NumPy first is left alone (OpenBLAS has read it by then)."""
+def test_train_shortens_openblas_spin_unless_set():
+    """`zfnet train` sets OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads; other commands do
+    not, a value already set wins, and a process that imported NumPy first is left
+    alone (OpenBLAS has read the variable by then)."""
     import os
     import subprocess
     import sys
 
-    show = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
 
-    def run(code, **extra):
+    def run(argv, first="", **extra):
+        code = (f"import sys; sys.argv = {argv!r}; {first}import zfnet.cli, os; "
+                "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))")
         res = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 0, res.stderr
         return res.stdout.strip()
 
-    assert run("import zfnet.cli; " + show) == "4"
-    assert run("import zfnet.cli; " + show, OPENBLAS_THREAD_TIMEOUT="12") == "12"
-    assert run("import numpy, zfnet.cli; " + show) == "None"
+    assert run(["zfnet", "train", "--data", "x"]) == "4"
+    assert run(["zfnet", "top9", "--data", "x"]) == "None"
+    assert run(["zfnet"]) == "None"
+    assert run(["zfnet", "train"], OPENBLAS_THREAD_TIMEOUT="12") == "12"
+    assert run(["zfnet", "train"], first="import numpy; ") == "None"
