@@ -37,7 +37,7 @@ THREADS = _early_int(sys.argv[1:], "--threads", os.cpu_count() or 1)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
 SPIN = _early_int(sys.argv[1:], "--openblas-timeout", None)
-if SPIN is not None:  # `zfnet train` uses 4 (zfnet/cli/__init__.py)
+if SPIN is not None:  # `zfnet train` uses 4 (zfnet._memory.short_openblas_spin)
     os.environ["OPENBLAS_THREAD_TIMEOUT"] = str(SPIN)
 
 import time  # noqa: E402

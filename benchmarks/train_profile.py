@@ -12,17 +12,17 @@ last step's table.  Timings on a shared machine vary by +-20% between runs: repe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-if "numpy" not in sys.modules:  # as the `zfnet` command does (zfnet/cli/__init__.py)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from zfnet._memory import short_openblas_spin  # noqa: E402  (imports no NumPy)
+
+short_openblas_spin()  # before NumPy loads OpenBLAS, as `zfnet train` does
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zfnet.nn.layers as layers_module  # noqa: E402
 from zfnet.train import TrainConfig, Trainer  # noqa: E402

@@ -217,5 +217,7 @@ def test_bad_shapes():
         wg.winograd_conv2d(x, np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(ShapeError, match="groups"):
         wg.winograd_conv2d(x, np.zeros((3, 2, 3, 3), np.float32), groups=2)
+    with pytest.raises(ShapeError, match="smaller than the kernel"):
+        wg.winograd_conv2d(np.zeros((1, 4, 1, 1), np.float32), np.zeros((2, 4, 3, 3), np.float32), padding=(0, 0))
     with pytest.raises(ShapeError, match="dy must have shape"):
         wg.winograd_weight_grad(x, np.zeros((1, 2, 5, 5), np.float32), (2, 4, 3, 3))

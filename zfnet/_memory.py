@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["keep_freed_memory", "adaptive_malloc"]
+__all__ = ["keep_freed_memory", "adaptive_malloc", "short_openblas_spin"]
 
 # <malloc.h>
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -67,3 +67,25 @@ def adaptive_malloc() -> bool:
         if _mallopt((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 64 << 20)):
             _done.add("adaptive")
     return "adaptive" in _done
+
+
+def short_openblas_spin() -> bool:
+    """Make OpenBLAS's idle threads sleep after 2**4 cycles instead of 2**28 (training).
+
+    After every GEMM OpenBLAS's threads spin for about 0.1 s before they sleep, and on
+    a small machine they take the cores from the threaded NumPy work that follows
+    each GEMM in a training step (im2col, Winograd transforms, pooling, LRN;
+    ``zfnet.ops._parallel``): a ZFNet step is 5% faster on 2 cores with the short
+    spin.  Latency-bound work (one image, one projection: many small GEMMs in a row)
+    is slower with it, since every GEMM then wakes sleeping threads, so only training
+    asks for it (``zfnet train``, ``benchmarks/train_*.py``; ``docs/speed.md``).
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` once, when NumPy loads it: this sets it
+    in ``os.environ`` (children inherit it) only if NumPy is not imported yet and the
+    variable is not already set, and returns whether the process will run with it.
+    """
+    import sys
+
+    if "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    return os.environ.get("OPENBLAS_THREAD_TIMEOUT") == "4" and "numpy" not in sys.modules

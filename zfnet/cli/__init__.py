@@ -8,28 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
 
 
-def _short_openblas_spin_for_training(argv: list[str]) -> None:
-    """``zfnet train``: make OpenBLAS's idle threads sleep after 2**4 cycles, not 2**28.
+# `zfnet train` only: OpenBLAS's short spin-wait, set before NumPy loads (zfnet/_memory.py)
+if sys.argv[1:2] == ["train"]:
+    from .._memory import short_openblas_spin
 
-    After every GEMM OpenBLAS's threads spin for about 0.1 s before they sleep, and on
-    a small machine they take the cores from the threaded NumPy work that follows
-    each GEMM in a training step (im2col, Winograd transforms, pooling, LRN;
-    ``zfnet.ops._parallel``): a ZFNet step is 5% faster on 2 cores with the short spin.
-    Latency-bound work (one image, one projection: many small GEMMs in a row) is
-    slower with it, because every GEMM then wakes sleeping threads, so only ``train``
-    gets it (``benchmarks/RESULTS.md``, ``docs/speed.md``).  OpenBLAS reads the
-    variable once, when NumPy loads it: a value already set wins, and nothing changes
-    once NumPy is imported.
-    """
-    if argv[1:2] == ["train"] and "numpy" not in sys.modules:
-        os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
-
-_short_openblas_spin_for_training(sys.argv)
+    short_openblas_spin()
 
 from .. import __version__  # noqa: E402
 from ..errors import ZfnetError  # noqa: E402

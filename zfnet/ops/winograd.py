@@ -56,6 +56,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ._parallel import parallel_pieces
+from ._shape import conv_out_size
 
 __all__ = ["winograd_conv2d", "winograd_weight_grad", "winograd_input_grad", "winograd_applies"]
 
@@ -287,9 +288,7 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
     _check(x.shape, w.shape, groups, "winograd_conv2d")
     n, c, h, wd = x.shape
     o, cg = w.shape[:2]
-    out_size = (h + 2 * padding[0] - 2, wd + 2 * padding[1] - 2)
-    if min(out_size) < 1:
-        raise ShapeError(f"winograd_conv2d: empty output for input {(h, wd)} and padding {tuple(padding)}")
+    out_size = (conv_out_size(h, 3, 1, padding[0]), conv_out_size(wd, 3, 1, padding[1]))
     th, tw = _tiles(out_size)
     dtype = np.result_type(x, w)
     v = input_transform(x.astype(dtype, copy=False), padding, out_size)  # (16, C, tH, tW, N)
@@ -326,7 +325,7 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
     _check(x.shape, w_shape, groups, "winograd_weight_grad")
     n, c, h, wd = x.shape
     o, cg = w_shape[:2]
-    out_size = (h + 2 * padding[0] - 2, wd + 2 * padding[1] - 2)
+    out_size = (conv_out_size(h, 3, 1, padding[0]), conv_out_size(wd, 3, 1, padding[1]))
     if tuple(dy.shape) != (n, o, *out_size):
         raise ShapeError(f"winograd_weight_grad: dy must have shape {(n, o, *out_size)}, got {tuple(dy.shape)}")
     th, tw = _tiles(out_size)
