@@ -283,12 +283,16 @@ def twin(model, rule: str | None = None, device: str = "cpu", switches: dict | N
     return run
 
 
-def torch_projection(model, x: np.ndarray, layer: str, units, rule: str = "deconvnet") -> np.ndarray:
+def torch_projection(model, x: np.ndarray, layer: str, units, rule: str = "deconvnet",
+                     switches: dict | None = None) -> np.ndarray:
     """Autograd projection of each unit ``(image, channel, y, x)``, one at a time: the
-    dense reference the tests hold our deconvnet to."""
+    dense reference the tests hold our deconvnet to.  ``switches`` (pool name -> (N, C,
+    h, w), e.g. our ``trace.switches`` for ``x``) pins the pooling choice, see :func:`twin`."""
     run = twin(model, rule)
     out = []
     for n, c, i, j in units:
+        if switches is not None:  # this image's switches
+            run = twin(model, rule, switches={k: v[n : n + 1] for k, v in switches.items()})
         xt = torch.tensor(x[n : n + 1], requires_grad=True)
         act = run(xt, upto=layer)
         g = torch.zeros_like(act)

@@ -401,3 +401,77 @@ def test_weight_grad_columns_in_gemm_layout(shape, monkeypatch):
     got = ops.conv2d_weight_grad(x, dy, (o, c // g, k, k), s, p, g)
     want = conv_mod._conv2d_weight_grad_im2col(x, dy, (o, c // g, k, k), (s, s), (p, p), g, (ho, ho))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+# --- the forward's columns kept for the filter gradient (training) --------------------
+
+
+@st.composite
+def saved_column_inputs(draw):
+    """Shapes where the flat-shift columns are used (maps wide enough for the layout)."""
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(2, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 20))
+    w = draw(st.integers(10 * ((kw - 1) // sw) * sw + kw, 10 * ((kw - 1) // sw) * sw + kw + 12))  # W_out >= 10 (Wq - W_out)
+    n = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    x = rng.standard_normal((n, cg * groups, h, w))
+    wt = rng.standard_normal((og * groups, cg, kh, kw))
+    b = rng.standard_normal(og * groups) if draw(st.booleans()) else None
+    return x, wt, b, (sh, sw), (ph, pw), groups, draw(st.booleans())
+
+
+@given(saved_column_inputs(), st.sampled_from([1, 1 << 23]))
+@settings(max_examples=120, deadline=None)
+def test_saved_columns_give_the_gradients_of_conv2d_weight_grad(case, chunk_bytes):
+    """conv2d_saving_columns returns conv2d's output; its columns give conv2d_weight_grad's
+    filter gradient, conv2d_bias_grad's bias gradient and relu_backward's dz."""
+    from zfnet.ops import conv as conv_mod
+
+    x, w, b, stride, padding, groups, relu = case
+    old = conv_mod._COLS_CHUNK_BYTES
+    conv_mod._COLS_CHUNK_BYTES = chunk_bytes  # 1 byte: one image per GEMM chunk
+    try:
+        y, saved = ops.conv.conv2d_saving_columns(x, w, b, stride, padding, groups)
+    finally:
+        conv_mod._COLS_CHUNK_BYTES = old
+    np.testing.assert_array_equal(y, ops.conv2d(x, w, b, stride, padding, groups))
+    one_by_one = w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+    assert (saved is None) == one_by_one
+    if saved is None:
+        return
+    assert saved.ones_row == (b is not None and groups == 1)
+    dy = np.random.default_rng(2).standard_normal(y.shape)
+    out = ops.relu(y) if relu else None
+    dw, db, dz = ops.conv.conv2d_grads_from_columns(saved, dy, w.shape, out)
+    want_dz = ops.relu_backward(dy, out) if relu else dy
+    np.testing.assert_array_equal(dz, want_dz)
+    np.testing.assert_allclose(dw, ops.conv2d_weight_grad(x, want_dz, w.shape, stride, padding, groups),
+                               rtol=1e-10, atol=1e-10)
+    if saved.ones_row:
+        np.testing.assert_allclose(db, ops.conv2d_bias_grad(want_dz), rtol=1e-10, atol=1e-10)
+    else:
+        assert db is None
+
+
+def test_saved_columns_only_where_the_flat_shift_path_runs():
+    """Winograd layers, small maps (compact columns) and 1x1 convolutions save nothing;
+    a shape mismatch in the gradient is an error naming both shapes."""
+    from zfnet.errors import ShapeError
+    from zfnet.ops.conv import conv2d_grads_from_columns, conv2d_saving_columns
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
+    assert conv2d_saving_columns(x, rng.standard_normal((64, 64, 3, 3)).astype(np.float32), None, 1, 1)[1] is None
+    assert conv2d_saving_columns(x[:, :, :6, :6], rng.standard_normal((4, 64, 3, 3)), None, 1, 0)[1] is None
+    assert conv2d_saving_columns(x, rng.standard_normal((4, 64, 1, 1)))[1] is None
+    wide = rng.standard_normal((2, 3, 16, 32))  # W_out 32, 2 wrap-around columns: the flat-shift layout
+    y, saved = conv2d_saving_columns(wide, rng.standard_normal((5, 3, 3, 3)), np.zeros(5), 1, 1)
+    assert saved is not None and saved.cols.shape == (2, 3 * 9 + 1, 16 * 34) and y.shape == (2, 5, 16, 32)
+    with pytest.raises(ShapeError, match=r"\(5, 3, 5, 5\)"):  # filters of another size than the columns'
+        conv2d_grads_from_columns(saved, np.zeros((2, 5, 16, 32)), (5, 3, 5, 5))
+    with pytest.raises(ShapeError, match=r"\(2, 5, 16, 30\)"):  # dy of another size than the output
+        conv2d_grads_from_columns(saved, np.zeros((2, 5, 16, 30)), (5, 3, 3, 3))

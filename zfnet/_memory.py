@@ -22,7 +22,7 @@ import os
 __all__ = ["keep_freed_memory", "adaptive_malloc", "short_openblas_spin"]
 
 # <malloc.h>
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
 _done: set[str] = set()
 
 
@@ -39,16 +39,18 @@ def _mallopt(*settings: tuple[int, int]) -> bool:
 def keep_freed_memory() -> bool:
     """Serve large arrays from the heap and never trim it (for training processes).
 
-    ``M_MMAP_MAX = 0`` (the main heap serves every block) and ``M_TRIM_THRESHOLD = -1``
-    (freed memory is never returned), as documented in ``mallopt(3)``.  This holds
-    for arrays allocated on the main thread: another thread's heap holds at most 64
-    MiB, and glibc still maps larger blocks of a thread anew, so a training loop
-    should run on the main thread (as ``zfnet train`` does).  ``zfnet train`` calls
+    ``M_MMAP_MAX = 0`` (the main heap serves every block), ``M_TRIM_THRESHOLD = -1``
+    (freed memory is never returned) and ``M_ARENA_MAX = 1`` (threads started from
+    now on allocate from the main heap too), as documented in ``mallopt(3)``.  A
+    thread that allocated before the call keeps a heap of its own, which holds at most
+    64 MiB: glibc maps larger blocks of such a thread anew each time, so a training
+    loop should run on the main thread (as ``zfnet train`` does) and start its worker
+    threads after the call (the data-parallel step's do; :mod:`zfnet.data_parallel`).  ``zfnet train`` calls
     it (``Trainer(..., keep_freed_memory=True)``), and so does ``python -m benchmarks
     --keep-freed-memory`` (per process: PyTorch, timed in the same process, gets it
     as well).  Call it only in a process of its own: it cannot be undone.
     """
-    if "keep" not in _done and _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)):
+    if "keep" not in _done and _mallopt((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1), (_M_ARENA_MAX, 1)):
         _done.add("keep")
     return "keep" in _done
 

@@ -66,6 +66,7 @@ from .backend import asnumpy, get_array_module, to_device
 from .data.augment import center_boxes, crop_resize, normalize_batch, random_boxes
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD  # the package's one copy, re-exported here
 from ._files import atomic_write
+from .data_parallel import data_parallel_forward_backward, shard_count
 from ._memory import keep_freed_memory
 from .errors import ConfigError, WeightsError
 from .nn import Conv2d, Dropout
@@ -753,13 +754,18 @@ class Trainer:
         ``self.last_ratios`` (see :meth:`SGD.step`).
         """
         model = self.model
-        trace = model.forward(x)
-        loss, dlogits = softmax_cross_entropy(trace.output, y)
-        model.backward(dlogits, trace, input_grad=False)
+        shards = shard_count(model, x)
+        if shards > 1:  # each CPU thread takes whole images (zfnet.data_parallel)
+            loss, logits = data_parallel_forward_backward(model, x, y, shards)
+        else:
+            trace = model.forward(x)
+            logits = trace.output
+            loss, dlogits = softmax_cross_entropy(logits, y)
+            model.backward(dlogits, trace, input_grad=False)
         r = self.opt.step(model, model.gradients(), lr, ratios=ratios)
         if ratios:
             self.last_ratios = r
-        correct = (trace.output.argmax(axis=1) == y).sum()
+        correct = (logits.argmax(axis=1) == y).sum()
         return loss, correct
 
     def filter_measures(self) -> dict:

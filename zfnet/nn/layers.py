@@ -48,6 +48,7 @@ from ..ops import (
     relu_backward,
     softmax,
 )
+from ..ops.conv import conv2d_grads_from_columns, conv2d_saving_columns
 from ..ops._shape import conv_out_size, pair, pool_out_size
 from ..ops.avg_pool import avg_pool2d, avg_pool_divisor, avg_unpool2d
 from ..ops.norm import lrn_within_channel, lrn_within_channel_backward
@@ -266,13 +267,18 @@ class Conv2d(Layer):
         return self.weight.shape[1] * self.groups
 
     def forward(self, x, trace=None):
-        y = conv2d(x, self.filters(), self.bias, self.stride, self.padding, self.groups)
+        if (train := self._training_cache(trace)) is not None:
+            # the columns the GEMM multiplied are kept for the filter gradient (None where the op has none)
+            y, train["cols"] = conv2d_saving_columns(x, self.filters(), self.bias, self.stride, self.padding,
+                                                     self.groups)
+        else:
+            y = conv2d(x, self.filters(), self.bias, self.stride, self.padding, self.groups)
         if self.relu:
             y = relu(y)
         if trace is not None and (c := trace.cache(self.name)) is not None:
             c["in_hw"] = tuple(x.shape[2:])
-        if (c := self._training_cache(trace)) is not None:
-            c["x"], c["y"] = x, y
+        if train is not None:
+            train["x"], train["y"] = x, y
         return y
 
     def deconv(self, signal, trace, rule="deconvnet", start=None):
@@ -305,14 +311,19 @@ class Conv2d(Layer):
         With dilation, the gradient of the dilated filter is taken at the taps.
         """
         x, y = self._saved(trace, "x", "y")
-        dz = relu_backward(dy, y) if self.relu else dy
         w = self.filters()
-        dw = conv2d_weight_grad(x, dz, w.shape, self.stride, self.padding, self.groups)
+        cols = trace.caches[self.name].get("cols")
+        db = None
+        if cols is not None:  # the forward's columns: no second im2col; the ReLU mask in the same pass
+            dw, db, dz = conv2d_grads_from_columns(cols, dy, w.shape, y if self.relu else None)
+        else:
+            dz = relu_backward(dy, y) if self.relu else dy
+            dw = conv2d_weight_grad(x, dz, w.shape, self.stride, self.padding, self.groups)
         if self.dilation != (1, 1):
             dw = get_array_module(dw).ascontiguousarray(dw[:, :, :: self.dilation[0], :: self.dilation[1]])  # the taps
         self.grads = {"weight": dw}
         if self.bias is not None:
-            self.grads["bias"] = conv2d_bias_grad(dz)
+            self.grads["bias"] = db if db is not None else conv2d_bias_grad(dz)
         if not input_grad:
             return None
         return conv_transpose2d(dz, w, None, self.stride, self.padding, self.groups, output_size=x.shape)

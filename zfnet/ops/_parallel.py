@@ -8,21 +8,26 @@ threads working on disjoint slices of the same arrays run in parallel.
 The number of threads is ``ZFNET_NUM_THREADS``, else ``OMP_NUM_THREADS`` (the variable
 BLAS libraries read), else the number of cores this process may use.  Set it to 1 to
 run everything on the calling thread.
+
+Inside :func:`serial` a thread runs every op on itself: the data-parallel training
+step (:mod:`zfnet.data_parallel`) gives each thread whole images instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-__all__ = ["num_threads", "parallel_range", "parallel_pieces"]
+__all__ = ["num_threads", "parallel_range", "parallel_pieces", "serial"]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_pid = 0  # a forked child inherits the pool object but not its threads: make a new one
+_local = threading.local()  # .serial: this thread runs the ops' parts itself (see serial())
 
 
 def num_threads() -> int:
@@ -35,6 +40,22 @@ def num_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def serial():
+    """Within the block, :func:`parallel_range` on this thread runs every part itself."""
+    before = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        yield
+    finally:
+        _local.serial = before
+
+
+def _on_one_thread() -> bool:
+    """True in a pool thread (no nesting) or inside :func:`serial`."""
+    return getattr(_local, "serial", False) or threading.current_thread().name.startswith("zfnet")
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -55,7 +76,7 @@ def parallel_range(n: int, fn: Callable[[int, int], None], min_items: int = 1) -
     part writes.
     """
     parts = min(num_threads(), n // max(1, min_items))
-    if parts <= 1 or threading.current_thread().name.startswith("zfnet"):  # no nesting
+    if parts <= 1 or _on_one_thread():
         if n > 0:
             fn(0, n)
         return
