@@ -33,7 +33,7 @@ def net(seed=0, classes=5) -> Network:
     """Every per-image layer type in the trunk (strided, padded, grouped and dilated
     convolutions, a lone ReLU, overlapping max pooling, LRN both ways, average
     pooling), then a head with dropout.  At 45x45 conv1 keeps its columns for the
-    filter gradient (conv2d_saving_columns), conv2 does not (a map too small)."""
+    filter gradient (conv2d_relu, keep_columns=True), conv2 does not (a map too small)."""
     rng = np.random.default_rng(seed)
     layers = [
         Conv2d("conv1", 3, 6, 5, stride=2, padding=1, rng=rng),

@@ -427,27 +427,31 @@ def saved_column_inputs(draw):
 @given(saved_column_inputs(), st.sampled_from([1, 1 << 23]))
 @settings(max_examples=120, deadline=None)
 def test_saved_columns_give_the_gradients_of_conv2d_weight_grad(case, chunk_bytes):
-    """conv2d_saving_columns returns conv2d's output; its columns give conv2d_weight_grad's
-    filter gradient, conv2d_bias_grad's bias gradient and relu_backward's dz."""
+    """conv2d_relu returns relu(conv2d(...)) (or conv2d's output) bit for bit; its saved
+    columns give conv2d_weight_grad's filter gradient, conv2d_bias_grad's bias gradient
+    and relu_backward's dz."""
     from zfnet.ops import conv as conv_mod
 
     x, w, b, stride, padding, groups, relu = case
     old = conv_mod._COLS_CHUNK_BYTES
     conv_mod._COLS_CHUNK_BYTES = chunk_bytes  # 1 byte: one image per GEMM chunk
     try:
-        y, saved = ops.conv.conv2d_saving_columns(x, w, b, stride, padding, groups)
+        y, saved = ops.conv.conv2d_relu(x, w, b, stride, padding, groups, relu=relu, keep_columns=True)
+        y2, none = ops.conv.conv2d_relu(x, w, b, stride, padding, groups, relu=relu)
     finally:
         conv_mod._COLS_CHUNK_BYTES = old
-    np.testing.assert_array_equal(y, ops.conv2d(x, w, b, stride, padding, groups))
+    plain = ops.conv2d(x, w, b, stride, padding, groups)
+    np.testing.assert_array_equal(y, ops.relu(plain) if relu else plain)
+    np.testing.assert_array_equal(y2, y)
+    assert none is None  # nothing kept unless asked
     one_by_one = w.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
     assert (saved is None) == one_by_one
     if saved is None:
         return
     assert saved.ones_row == (b is not None and groups == 1)
     dy = np.random.default_rng(2).standard_normal(y.shape)
-    out = ops.relu(y) if relu else None
-    dw, db, dz = ops.conv.conv2d_grads_from_columns(saved, dy, w.shape, out)
-    want_dz = ops.relu_backward(dy, out) if relu else dy
+    dw, db, dz = ops.conv.conv2d_grads_from_columns(saved, dy, w.shape, y if relu else None)
+    want_dz = ops.relu_backward(dy, y) if relu else dy
     np.testing.assert_array_equal(dz, want_dz)
     np.testing.assert_allclose(dw, ops.conv2d_weight_grad(x, want_dz, w.shape, stride, padding, groups),
                                rtol=1e-10, atol=1e-10)
@@ -457,19 +461,44 @@ def test_saved_columns_give_the_gradients_of_conv2d_weight_grad(case, chunk_byte
         assert db is None
 
 
-def test_saved_columns_only_where_the_flat_shift_path_runs():
-    """Winograd layers, small maps (compact columns) and 1x1 convolutions save nothing;
-    a shape mismatch in the gradient is an error naming both shapes."""
+@pytest.mark.parametrize("groups", [1, 2])
+def test_winograd_layers_keep_their_input_tiles(groups):
+    """A Winograd convolution saves its transformed input (SavedTiles); the filter
+    gradient from them is winograd_weight_grad's, the ReLU is fused exactly."""
+    from zfnet.ops.conv import SavedTiles, conv2d_grads_from_columns, conv2d_relu
+
+    rng = np.random.default_rng(groups)
+    c = 128 * groups  # 128 channels in and out per group: Winograd's case
+    x = rng.standard_normal((3, c, 9, 9))
+    w = rng.standard_normal((c, 128, 3, 3))
+    b = rng.standard_normal(c)
+    y, saved = conv2d_relu(x, w, b, 1, 1, groups, relu=True, keep_columns=True)
+    assert isinstance(saved, SavedTiles) and saved.tiles.shape == (16, c, 5, 5, 3)
+    np.testing.assert_array_equal(y, ops.relu(ops.conv2d(x, w, b, 1, 1, groups)))
+    dy = rng.standard_normal(y.shape)
+    dw, db, dz = conv2d_grads_from_columns(saved, dy, w.shape, y)
+    np.testing.assert_array_equal(dz, ops.relu_backward(dy, y))
+    assert db is None  # the layer takes conv2d_bias_grad
+    np.testing.assert_allclose(dw, ops.conv2d_weight_grad(x, dz, w.shape, 1, 1, groups), rtol=1e-9, atol=1e-9)
     from zfnet.errors import ShapeError
-    from zfnet.ops.conv import conv2d_grads_from_columns, conv2d_saving_columns
+    from zfnet.ops.winograd import winograd_weight_grad
+
+    with pytest.raises(ShapeError, match="tiles of shape"):
+        winograd_weight_grad(x[:2], dz[:2], w.shape, (1, 1), groups, tiles=saved.tiles)
+
+
+def test_saved_columns_only_where_the_flat_shift_path_runs():
+    """Small maps (compact columns) and 1x1 convolutions save nothing; a shape mismatch
+    in the gradient is an error naming both shapes."""
+    from zfnet.errors import ShapeError
+    from zfnet.ops.conv import conv2d_grads_from_columns, conv2d_relu
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
-    assert conv2d_saving_columns(x, rng.standard_normal((64, 64, 3, 3)).astype(np.float32), None, 1, 1)[1] is None
-    assert conv2d_saving_columns(x[:, :, :6, :6], rng.standard_normal((4, 64, 3, 3)), None, 1, 0)[1] is None
-    assert conv2d_saving_columns(x, rng.standard_normal((4, 64, 1, 1)))[1] is None
+    assert conv2d_relu(x[:, :, :6, :6], rng.standard_normal((4, 64, 3, 3)), None, 1, 0, keep_columns=True)[1] is None
+    assert conv2d_relu(x, rng.standard_normal((4, 64, 1, 1)), keep_columns=True)[1] is None
     wide = rng.standard_normal((2, 3, 16, 32))  # W_out 32, 2 wrap-around columns: the flat-shift layout
-    y, saved = conv2d_saving_columns(wide, rng.standard_normal((5, 3, 3, 3)), np.zeros(5), 1, 1)
+    y, saved = conv2d_relu(wide, rng.standard_normal((5, 3, 3, 3)), np.zeros(5), 1, 1, keep_columns=True)
     assert saved is not None and saved.cols.shape == (2, 3 * 9 + 1, 16 * 34) and y.shape == (2, 5, 16, 32)
     with pytest.raises(ShapeError, match=r"\(5, 3, 5, 5\)"):  # filters of another size than the columns'
         conv2d_grads_from_columns(saved, np.zeros((2, 5, 16, 32)), (5, 3, 5, 5))

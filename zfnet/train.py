@@ -71,6 +71,7 @@ from ._memory import keep_freed_memory
 from .errors import ConfigError, WeightsError
 from .nn import Conv2d, Dropout
 from .ops import softmax_cross_entropy
+from .ops._parallel import parallel_pieces
 
 __all__ = [
     "TrainConfig",
@@ -262,15 +263,34 @@ class SGD:
         out = {}
         for key, layer, attr in model.named_parameters():
             w, g, v = layer.params()[attr], grads[key], self.buffers[key]
-            v *= w.dtype.type(self.momentum)
-            v += g
-            if self.weight_decay and attr == "weight":
-                v += w.dtype.type(self.weight_decay) * w
-            if ratios and attr == "weight":
+            mu, eta = w.dtype.type(self.momentum), w.dtype.type(lr)
+            lam = w.dtype.type(self.weight_decay) if self.weight_decay and attr == "weight" else None
+            if ratios and attr == "weight":  # ||eta v|| needs the whole new v before w moves
+                self._velocity(v, g, w, mu, lam)
                 xp = get_array_module(w)
                 out[key] = float(lr * xp.linalg.norm(v.ravel()) / max(float(xp.linalg.norm(w.ravel())), 1e-30))
-            w -= w.dtype.type(lr) * v
+                w -= eta * v
+            elif isinstance(w, np.ndarray) and w.flags.c_contiguous and v.flags.c_contiguous:
+                # NumPy: both updates a piece at a time (in cache), the pieces shared among CPU threads
+                wf, gf, vf = w.reshape(-1), np.ascontiguousarray(g).reshape(-1), v.reshape(-1)
+
+                def piece(lo, hi, wf=wf, gf=gf, vf=vf, mu=mu, lam=lam, eta=eta):
+                    self._velocity(vf[lo:hi], gf[lo:hi], wf[lo:hi], mu, lam)
+                    wf[lo:hi] -= eta * vf[lo:hi]
+
+                parallel_pieces(wf.size, wf.itemsize, piece, 1 << 18)
+            else:
+                self._velocity(v, g, w, mu, lam)
+                w -= eta * v
         return out
+
+    @staticmethod
+    def _velocity(v, g, w, mu, lam) -> None:
+        """``v <- mu v + g (+ lam w)`` in place, in that order of operations (every path rounds alike)."""
+        v *= mu
+        v += g
+        if lam is not None:
+            v += lam * w
 
     def state_dict(self) -> dict:
         return {k: asnumpy(v) for k, v in self.buffers.items()}

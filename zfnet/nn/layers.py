@@ -48,7 +48,7 @@ from ..ops import (
     relu_backward,
     softmax,
 )
-from ..ops.conv import conv2d_grads_from_columns, conv2d_saving_columns
+from ..ops.conv import conv2d_grads_from_columns, conv2d_relu
 from ..ops._shape import conv_out_size, pair, pool_out_size
 from ..ops.avg_pool import avg_pool2d, avg_pool_divisor, avg_unpool2d
 from ..ops.norm import lrn_within_channel, lrn_within_channel_backward
@@ -267,14 +267,13 @@ class Conv2d(Layer):
         return self.weight.shape[1] * self.groups
 
     def forward(self, x, trace=None):
-        if (train := self._training_cache(trace)) is not None:
-            # the columns the GEMM multiplied are kept for the filter gradient (None where the op has none)
-            y, train["cols"] = conv2d_saving_columns(x, self.filters(), self.bias, self.stride, self.padding,
-                                                     self.groups)
-        else:
-            y = conv2d(x, self.filters(), self.bias, self.stride, self.padding, self.groups)
-        if self.relu:
-            y = relu(y)
+        train = self._training_cache(trace)
+        # the ReLU fused into the convolution; in training the columns (or Winograd tiles) the
+        # GEMM multiplied are kept for the filter gradient (None where the op keeps none)
+        y, saved = conv2d_relu(x, self.filters(), self.bias, self.stride, self.padding, self.groups,
+                               relu=self.relu, keep_columns=train is not None)
+        if train is not None:
+            train["cols"] = saved
         if trace is not None and (c := trace.cache(self.name)) is not None:
             c["in_hw"] = tuple(x.shape[2:])
         if train is not None:

@@ -31,6 +31,8 @@ from ..errors import ShapeError
 from . import _kernels
 from ._shape import conv_out_size, conv_transpose_out_size, pair
 from .im2col import col2im, col2im_phases, im2col, im2col_phases, phase_geometry
+from .activation import relu as relu_op
+from .activation import relu_backward
 from .winograd import winograd_applies, winograd_conv2d, winograd_input_grad, winograd_weight_grad
 
 __all__ = [
@@ -38,9 +40,10 @@ __all__ = [
     "conv_transpose2d",
     "conv2d_weight_grad",
     "conv2d_bias_grad",
-    "conv2d_saving_columns",
+    "conv2d_relu",
     "conv2d_grads_from_columns",
     "SavedColumns",
+    "SavedTiles",
 ]
 
 
@@ -89,23 +92,30 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     Winograd's F(2x2, 3x3) instead (:mod:`zfnet.ops.winograd`; ``ZFNET_WINOGRAD=0``
     switches it off), which agrees to float32 rounding.
     """
-    return _conv2d(x, w, b, stride, padding, groups, keep_columns=False)[0]
+    return _conv2d(x, w, b, stride, padding, groups, keep_columns=False, relu=False)[0]
 
 
-def conv2d_saving_columns(x, w, b=None, stride=1, padding=0, groups=1):
-    """:func:`conv2d` that also returns the columns its GEMM multiplied, for training.
+def conv2d_relu(x, w, b=None, stride=1, padding=0, groups=1, relu=True, keep_columns=False):
+    """:func:`conv2d`, then ``max(y, 0)`` if ``relu``; with ``keep_columns``, what the
+    filter gradient needs; for layers (:class:`~zfnet.nn.Conv2d`).
 
-    Returns ``(y, saved)``: ``y`` exactly as :func:`conv2d` computes it, and ``saved``
-    a :class:`SavedColumns` that :func:`conv2d_grads_from_columns` turns into the
-    filter (and bias) gradient without building the columns a second time, or None
-    where the layer takes another path (Winograd, 1x1, small maps, CuPy).  Saving
-    costs memory: ZFNet's conv1 at batch 32, 236 MB until the backward pass.
+    The ReLU is applied inside the fast paths, to each chunk of the output while it
+    is in cache (the flat-shift GEMMs, Winograd's output transform), instead of as a
+    pass over the whole map.
+
+    Returns ``(y, saved)``: ``y`` as ``relu(conv2d(x, w, b, ...))`` computes it, and
+    ``saved`` what :func:`conv2d_grads_from_columns` turns into the filter (and bias)
+    gradient without building it a second time: the flat-shift columns the GEMM
+    multiplied (:class:`SavedColumns`), the Winograd input tiles
+    (:class:`SavedTiles`), or None (``keep_columns`` False; 1x1 convolutions, small
+    maps, CuPy).  Saving costs memory until the backward pass: ZFNet's conv1 at
+    batch 32, 236 MB.
     """
-    return _conv2d(x, w, b, stride, padding, groups, keep_columns=True)
+    return _conv2d(x, w, b, stride, padding, groups, keep_columns=keep_columns, relu=relu)
 
 
-def _conv2d(x, w, b, stride, padding, groups, keep_columns: bool):
-    """:func:`conv2d`, and with ``keep_columns`` the fast path's columns (else None)."""
+def _conv2d(x, w, b, stride, padding, groups, keep_columns: bool, relu: bool):
+    """:func:`conv2d` (rectified if ``relu``), and with ``keep_columns`` what the fast path saves (else None)."""
     xp = get_array_module(x, w)
     _check(x, w, groups, "conv2d")
     n, c, h, wd = x.shape
@@ -119,13 +129,17 @@ def _conv2d(x, w, b, stride, padding, groups, keep_columns: bool):
     stride, padding = pair(stride, "stride"), pair(padding, "padding")
     ho = conv_out_size(h, kh, stride[0], padding[0])
     wo = conv_out_size(wd, kw, stride[1], padding[1])
-    if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
-        return _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo)), None  # CUDA im2col + cuBLAS
     if xp is np and x.dtype.kind == "f":
         if winograd_applies(cg, o // groups, (kh, kw), stride, padding, (ho, wo), np.result_type(x, w)):
-            return winograd_conv2d(x, w, b, padding, groups), None  # 3x3 stride 1, many channels
-        return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo), keep_columns)
-    return _conv2d_im2col(x, w, b, stride, padding, groups, (ho, wo)), None
+            # 3x3 stride 1, many channels
+            y, tiles = winograd_conv2d(x, w, b, padding, groups, relu=relu, keep_tiles=True)
+            return y, (SavedTiles(x, tiles, padding, groups) if keep_columns else None)
+        return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo), keep_columns, relu)
+    if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
+        y = _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
+    else:
+        y = _conv2d_im2col(x, w, b, stride, padding, groups, (ho, wo))
+    return (relu_op(y) if relu else y), None
 
 
 def _conv2d_im2col(x, w, b, stride, padding, groups, out_size):
@@ -250,14 +264,16 @@ def _conv_transpose2d_col2im(y, w, b, stride, padding, groups, out_size):
 _COLS_CHUNK_BYTES = 8 << 20  # images per GEMM chunk: about this many bytes of columns
 
 
-def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=False):
+def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=False, relu=False):
     """:func:`conv2d` on NumPy with columns from :func:`~zfnet.ops.im2col.im2col_phases`.
 
     Same GEMM as the readable path, ``(G, O_g, C_g*kH*kW) @ (N, G, C_g*kH*kW, H_out*Wq)``,
     run on chunks of images so that each chunk's columns stay in cache.  Returns a
     (N, C_out, H_out, W_out) view of a (N, C_out, H_out, Wq) buffer, and with
     ``keep_columns`` the columns of every chunk, written into one buffer for the
-    whole batch (:class:`SavedColumns`; None for the two cases below).
+    whole batch (:class:`SavedColumns`; None for the two cases below).  With ``relu``
+    each chunk of the output is rectified right after its GEMM (the bias is then
+    added first, as ``relu(conv2d(...))`` does).
 
     Two cases use other columns: a 1x1 stride-1 convolution multiplies the input
     itself, and on small maps (13 wide with 3x3 kernels the wrap-around columns would
@@ -295,10 +311,13 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=Fals
         else:
             cols, _ = im2col_phases(xc, (kh, kw), stride, padding)  # (m, C, kH, kW, H_out*Wq)
         cols = cols.reshape(m, groups, -1, ho * wq)  # (m, G, C_g*kH*kW (+1), H_out*Wq)
-        np.matmul(wmat, cols, out=y[n0 : n0 + step])
+        out = y[n0 : n0 + step]
+        np.matmul(wmat, cols, out=out)
+        if b is not None and not fold:
+            out += b.reshape(1, groups, o // groups, 1)
+        if relu:
+            np.maximum(out, 0, out=out)
     y = y.reshape(n, o, ho, wq)  # (N, C_out, H_out, Wq)
-    if b is not None and not fold:
-        y += b.reshape(1, o, 1, 1)
     return y[..., :wo], (SavedColumns(saved, groups, fold, (ho, wo), wq) if keep else None)  # drop the wrap-around columns
 
 
@@ -488,8 +507,22 @@ class SavedColumns(NamedTuple):
     wq: int
 
 
-def conv2d_grads_from_columns(saved: SavedColumns, dy, w_shape, relu_output=None):
-    """Filter and bias gradients of a :func:`conv2d` from its saved columns.
+class SavedTiles(NamedTuple):
+    """The input tiles a Winograd :func:`conv2d` transformed (:func:`conv2d_relu`).
+
+    ``tiles`` is ``(16, C_in, tH, tW, N)`` (:func:`~zfnet.ops.winograd.input_transform`
+    of the layer input ``x``, kept by reference), for
+    :func:`~zfnet.ops.winograd.winograd_weight_grad`.
+    """
+
+    x: np.ndarray
+    tiles: np.ndarray
+    padding: tuple
+    groups: int
+
+
+def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
+    """Filter and bias gradients of a :func:`conv2d` from what :func:`conv2d_relu` saved.
 
     For each image ``n`` and group ``g`` the filter gradient is one GEMM,
 
@@ -502,10 +535,14 @@ def conv2d_grads_from_columns(saved: SavedColumns, dy, w_shape, relu_output=None
     With a row of ones under the columns, the last column of the product is
     ``db[o] = sum_{n,i,j} dy[n,o,i,j]``.
 
+    Winograd layers (:class:`SavedTiles`) take
+    :func:`~zfnet.ops.winograd.winograd_weight_grad` on the saved tiles, and the bias
+    gradient from :func:`conv2d_bias_grad`.
+
     Parameters
     ----------
-    saved : SavedColumns
-        From :func:`conv2d_saving_columns` on this layer's forward pass.
+    saved : SavedColumns or SavedTiles
+        From :func:`conv2d_relu` (``keep_columns=True``) on this layer's forward pass.
     dy : array, shape (N, C_out, H_out, W_out)
         Gradient with respect to the output (after the ReLU if ``relu_output`` is given).
     w_shape : (C_out, C_in/groups, kH, kW)
@@ -523,8 +560,12 @@ def conv2d_grads_from_columns(saved: SavedColumns, dy, w_shape, relu_output=None
 
     Paired with
     -----------
-    :func:`conv2d_saving_columns`.
+    :func:`conv2d_relu`.
     """
+    if isinstance(saved, SavedTiles):
+        dz = dy if relu_output is None else relu_backward(dy, relu_output)
+        dw = winograd_weight_grad(saved.x, dz, w_shape, saved.padding, saved.groups, tiles=saved.tiles)
+        return dw, None, dz
     cols, groups, ones_row, (ho, wo), wq = saved
     o, cg, kh, kw = (int(v) for v in w_shape)
     n = cols.shape[0]

@@ -173,7 +173,7 @@ def input_transform(x, padding, out_size):
     return v
 
 
-def output_transform(m, out_size, bias=None):
+def output_transform(m, out_size, bias=None, relu=False):
     """``Y = A^T M A`` for every tile, assembled into maps: the inverse of the tiling.
 
     Parameters
@@ -181,6 +181,8 @@ def output_transform(m, out_size, bias=None):
     m : array, shape (16, C_out, tH, tW, N)
     out_size : (H_out, W_out)
     bias : array, shape (C_out,), optional
+    relu : bool
+        Rectify the result, ``max(Y + b, 0)``, while each piece is in cache.
 
     Returns
     -------
@@ -205,6 +207,8 @@ def output_transform(m, out_size, bias=None):
             np.subtract(s[1] - s[2], s[3], out=tiles[:, a::2, 1::2])
         if bias is not None:
             tiles += bias[o0:o1].reshape(-1, 1, 1, 1).astype(m.dtype)
+        if relu:
+            np.maximum(tiles, 0, out=tiles)
         y[:, o0:o1] = tiles[:, :ho, :wo].transpose(3, 0, 1, 2)  # back to (N, c, H_out, W_out)
 
     parallel_pieces(o, 16 * n * th * tw * m.itemsize, piece, _PIECE_BYTES)
@@ -259,7 +263,7 @@ def _check(x_shape, w_shape, groups, what):
                          f"an input of {x_shape[1]} channels")
 
 
-def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
+def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1, relu=False, keep_tiles=False):
     """3x3 stride-1 :func:`~zfnet.ops.conv2d` by F(2x2, 3x3): the same result, 0.44x the multiplications.
 
     ``y[n, o, i, j] = b[o] + sum_{c,u,v} w[o, c, u, v] x_pad[n, g C_g + c, i + u, j + v]``.
@@ -271,6 +275,12 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
     b : ndarray, shape (C_out,), optional
     padding : (pH, pW), each 0, 1 or 2
     groups : int
+    relu : bool
+        Return ``max(y, 0)`` instead (rectified in the output transform).
+    keep_tiles : bool
+        Return ``(y, v)`` with ``v`` the transformed input tiles (``(16, C_in, tH, tW,
+        N)``, :func:`input_transform`), which :func:`winograd_weight_grad` takes
+        instead of transforming the input again.
 
     Returns
     -------
@@ -298,10 +308,11 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1):
     m = np.empty((16, o, t), dtype=dtype)  # (16, C_out, tiles)
     for g in range(groups):  # 16 GEMMs per group: (O_g, C_g) @ (C_g, tiles)
         np.matmul(u[:, g * og : (g + 1) * og], vg[:, g], out=m[:, g * og : (g + 1) * og])
-    return output_transform(m.reshape(16, o, th, tw, n), out_size, b)
+    y = output_transform(m.reshape(16, o, th, tw, n), out_size, b, relu)
+    return (y, v) if keep_tiles else y
 
 
-def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
+def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1, tiles=None):
     """Filter gradient of :func:`winograd_conv2d`: ``dg = G^T (sum_t dM_t V_t^T) G``.
 
     The same quantity as :func:`~zfnet.ops.conv2d_weight_grad`
@@ -313,6 +324,9 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
     x : ndarray, shape (N, C_in, H, W)
     dy : ndarray, shape (N, C_out, H_out, W_out)
     w_shape : (C_out, C_in/groups, 3, 3)
+    tiles : ndarray, shape (16, C_in, tH, tW, N), optional
+        ``x``'s transformed tiles, as ``winograd_conv2d(..., keep_tiles=True)`` returned
+        them (else they are computed here).
 
     Returns
     -------
@@ -330,7 +344,12 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1):
         raise ShapeError(f"winograd_weight_grad: dy must have shape {(n, o, *out_size)}, got {tuple(dy.shape)}")
     th, tw = _tiles(out_size)
     dtype = np.result_type(x, dy)
-    v = input_transform(x.astype(dtype, copy=False), padding, out_size).reshape(16, groups, cg, n * th * tw)  # (16, G, C_g, tiles)
+    if tiles is None:
+        tiles = input_transform(x.astype(dtype, copy=False), padding, out_size)
+    elif tuple(tiles.shape) != (16, c, th, tw, n):
+        raise ShapeError(f"winograd_weight_grad: tiles of shape {tuple(tiles.shape)} are not those of an input "
+                         f"{tuple(x.shape)} with padding {tuple(padding)}: expected {(16, c, th, tw, n)}")
+    v = tiles.astype(dtype, copy=False).reshape(16, groups, cg, n * th * tw)  # (16, G, C_g, tiles)
     dm = output_transform_adjoint(dy.astype(dtype, copy=False), out_size).reshape(16, o, n * th * tw)  # (16, C_out, tiles)
     og = o // groups
     du = np.empty((16, o, cg), dtype=dtype)  # dL/dU: (16, C_out, C_g)
