@@ -504,3 +504,33 @@ def test_saved_columns_only_where_the_flat_shift_path_runs():
         conv2d_grads_from_columns(saved, np.zeros((2, 5, 16, 32)), (5, 3, 5, 5))
     with pytest.raises(ShapeError, match=r"\(2, 5, 16, 30\)"):  # dy of another size than the output
         conv2d_grads_from_columns(saved, np.zeros((2, 5, 16, 30)), (5, 3, 3, 3))
+
+
+@given(st.integers(1, 5), st.integers(1, 12), st.integers(1, 9), st.sampled_from([1, 2, 3, 5]),
+       st.sampled_from([64, 1 << 20]), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_lrn_saved_scale_gives_the_same_bits(n, c, hw, size, chunk_bytes, dtype, seed):
+    """lrn_saving_scale's output is lrn's; lrn_backward with the saved (s, s**beta) is the
+    same as without it, bit for bit, whole batch or in pieces."""
+    from zfnet.ops import norm
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, hw, hw)) * 3).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    old = norm._CHUNK_BYTES
+    norm._CHUNK_BYTES = chunk_bytes  # 64 bytes: one image a piece
+    try:
+        y, scale = norm.lrn_saving_scale(x, size, 1e-2, 0.75, 2.0)
+        want = ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0)
+        got = ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0, scale=scale)
+    finally:
+        norm._CHUNK_BYTES = old
+    np.testing.assert_array_equal(y, ops.lrn(x, size, 1e-2, 0.75, 2.0))
+    s = 2.0 + 1e-2 / size * norm._window_sum(np, x.astype(np.float64) ** 2, size // 2, (size - 1) // 2)
+    np.testing.assert_allclose(scale.s, s, rtol=1e-6)
+    np.testing.assert_allclose(scale.s_beta, s**0.75, rtol=1e-6)
+    np.testing.assert_array_equal(got, want)
+    from zfnet.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="saved scale"):
+        ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0, scale=norm.LRNScale(scale.s[:, :, :0], scale.s_beta[:, :, :0]))

@@ -51,7 +51,7 @@ from ..ops import (
 from ..ops.conv import conv2d_grads_from_columns, conv2d_relu
 from ..ops._shape import conv_out_size, pair, pool_out_size
 from ..ops.avg_pool import avg_pool2d, avg_pool_divisor, avg_unpool2d
-from ..ops.norm import lrn_within_channel, lrn_within_channel_backward
+from ..ops.norm import lrn_saving_scale, lrn_within_channel, lrn_within_channel_backward
 from .rules import relu_rule
 from .trace import Trace
 from .window import Window, WindowUnsupported, crop
@@ -477,8 +477,12 @@ class LRN(_PassThrough):
                                                                               lrn_within_channel_backward)
 
     def forward(self, x, trace=None):
-        y = self._ops()[0](x, self.size, self.alpha, self.beta, self.k)
-        if (c := self._training_cache(trace)) is not None:
+        c = self._training_cache(trace)
+        if c is not None and self.region == "across_channels":  # keep the denominator for backward
+            y, c["scale"] = lrn_saving_scale(x, self.size, self.alpha, self.beta, self.k)
+        else:
+            y = self._ops()[0](x, self.size, self.alpha, self.beta, self.k)
+        if c is not None:
             c["x"], c["y"] = x, y
         return y
 
@@ -487,6 +491,9 @@ class LRN(_PassThrough):
         if not input_grad:
             return None
         x, y = self._saved(trace, "x", "y")
+        if self.region == "across_channels":
+            return lrn_backward(x, y, dy, self.size, self.alpha, self.beta, self.k,
+                                scale=trace.caches[self.name].get("scale"))
         return self._ops()[1](x, y, dy, self.size, self.alpha, self.beta, self.k)
 
     def rf(self):

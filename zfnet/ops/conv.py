@@ -574,19 +574,19 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
         raise ShapeError(f"conv2d_grads_from_columns: dy of shape {tuple(dy.shape)} and filters {tuple(w_shape)} "
                          f"do not match the saved columns {tuple(cols.shape)} for output {(n, o, ho, wo)}")
     dpad = np.empty((n, o, ho, wq), dtype=np.result_type(dy, cols))  # (N, C_out, H_out, Wq)
-    dpad[..., wo:] = 0  # wrap-around positions
-    if relu_output is None:
-        dpad[..., :wo] = dy
-    else:
-        np.multiply(dy, relu_output > 0, out=dpad[..., :wo])
     og = o // groups
     kr = k + 1 if ones_row else k  # with groups > 1 there is no row of ones
     dw = np.zeros((groups, og, kr), dtype=dpad.dtype)  # (G, O_g, C_g*kH*kW (+1))
     part = np.empty_like(dw)
     a = dpad.reshape(n, groups, og, ho * wq)  # (N, G, O_g, L)
     b = cols.reshape(n, groups, kr, ho * wq)  # (N, G, C_g*kH*kW (+1), L)
-    for i in range(n):  # one image's GEMMs: (O_g, L) x (L, K) with L in the thousands
-        np.matmul(a[i], b[i].transpose(0, 2, 1), out=part)
+    for i in range(n):  # image by image: dz laid out, then multiplied while it is in cache
+        dpad[i, ..., wo:] = 0  # wrap-around positions
+        if relu_output is None:
+            dpad[i, ..., :wo] = dy[i]
+        else:
+            np.multiply(dy[i], relu_output[i] > 0, out=dpad[i, ..., :wo])
+        np.matmul(a[i], b[i].transpose(0, 2, 1), out=part)  # (O_g, L) x (L, K) with L in the thousands
         dw += part
     db = dw[0, :, k].copy() if ones_row else None
     return dw[:, :, :k].reshape(o, cg, kh, kw), db, dpad[..., :wo]

@@ -8,6 +8,8 @@ positions in the same channel.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 from ..backend import cupy, get_array_module
@@ -15,7 +17,14 @@ from ..errors import ShapeError
 from . import _kernels
 from ._parallel import parallel_pieces
 
-__all__ = ["lrn", "lrn_backward", "lrn_within_channel", "lrn_within_channel_backward"]
+__all__ = [
+    "lrn",
+    "lrn_backward",
+    "lrn_saving_scale",
+    "LRNScale",
+    "lrn_within_channel",
+    "lrn_within_channel_backward",
+]
 
 
 def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -60,14 +69,45 @@ def lrn(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
 
 def _lrn(xp, x, size, alpha, beta, k):
     """The formula of :func:`lrn` on a whole array."""
+    return _lrn_parts(xp, x, size, alpha, beta, k)[0]
+
+
+def _lrn_parts(xp, x, size, alpha, beta, k):
+    """``(y, s, s**beta)``: the output and the two intermediate maps of :func:`lrn`."""
     window = _window_sum(xp, x * x, size // 2, (size - 1) // 2)  # channel c sees c - n//2 .. c + (n-1)//2
-    return x / (k + (alpha / size) * window) ** beta
+    s = k + (alpha / size) * window
+    sb = s**beta
+    return x / sb, s, sb
+
+
+class LRNScale(NamedTuple):
+    """What :func:`lrn_saving_scale` keeps for :func:`lrn_backward`: ``s`` and ``s**beta``,
+    each shaped like the input."""
+
+    s: Any
+    s_beta: Any
+
+
+def lrn_saving_scale(x, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    """:func:`lrn`, and the denominator it divided by, for training.
+
+    Returns ``(y, scale)``: ``y`` exactly as :func:`lrn` computes it, and
+    :class:`LRNScale` ``(s, s**beta)`` with
+    ``s_c = k + (alpha / n) sum_{c' in W(c)} x_{c'}^2``, which
+    ``lrn_backward(..., scale=scale)`` uses instead of computing them again (half the
+    passes of the backward, for two maps of memory).  On CuPy ``scale`` is None.
+    """
+    xp = get_array_module(x)
+    if xp is np and x.dtype.kind == "f" and x.ndim >= 3 and size >= 1:
+        y, s, sb = _by_images(lambda xc: _lrn_parts(np, xc, size, alpha, beta, k), x, outputs=3)
+        return y, LRNScale(s, sb)
+    return lrn(x, size, alpha, beta, k), None
 
 
 _CHUNK_BYTES = 1 << 20  # images per piece of the NumPy path: about this many bytes of each input
 
 
-def _by_images(fn, *arrays):
+def _by_images(fn, *arrays, outputs: int = 1):
     """``fn(*arrays)`` computed a few images at a time, the pieces shared out among CPU threads.
 
     LRN and its gradient are a dozen elementwise passes with as many temporaries; on
@@ -78,13 +118,15 @@ def _by_images(fn, *arrays):
     give float64 through the whole-array formula).
     """
     first = arrays[0]
-    out = np.empty(first.shape, dtype=np.result_type(*arrays))
+    outs = [np.empty(first.shape, dtype=np.result_type(*arrays)) for _ in range(outputs)]
 
     def piece(lo, hi):
-        out[lo:hi] = fn(*(a[lo:hi] for a in arrays))
+        got = fn(*(a[lo:hi] for a in arrays))
+        for out, value in zip(outs, got if outputs > 1 else (got,)):
+            out[lo:hi] = value
 
     parallel_pieces(len(first), first[0].nbytes if len(first) else 1, piece, _CHUNK_BYTES)
-    return out
+    return outs[0] if outputs == 1 else tuple(outs)
 
 
 def _window_sum(xp, a, before: int, after: int):
@@ -99,7 +141,7 @@ def _window_sum(xp, a, before: int, after: int):
     return out
 
 
-def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, scale=None):
     """Gradient of :func:`lrn` with respect to its input.
 
     With ``s_c = k + (alpha / n) sum_{c' in W(c)} x_{c'}^2`` and ``y_c = x_c s_c^{-beta}``,
@@ -125,6 +167,9 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
         Gradient with respect to ``y``.
     size, alpha, beta, k :
         As in :func:`lrn`.
+    scale : LRNScale, optional
+        ``(s, s**beta)`` from :func:`lrn_saving_scale` on the same ``x``: then they are
+        not computed again (the result is the same, bit for bit).
 
     Returns
     -------
@@ -142,18 +187,27 @@ def lrn_backward(x, y, dy, size: int, alpha: float = 1e-4, beta: float = 0.75, k
         )
     if xp is cupy and x.dtype in _kernels.DTYPES:  # CUDA kernel zfnet_lrn_backward; this code is its reference
         return _kernels.lrn_backward(x, y, dy, size, alpha, beta, k)
+    if scale is not None:
+        s, sb = scale
+        if not (s.shape == sb.shape == x.shape):
+            raise ShapeError(f"lrn_backward: the saved scale {tuple(s.shape)} is not of the input's shape {tuple(x.shape)}")
+        if xp is np and all(a.dtype.kind == "f" for a in (x, y, dy, s, sb)):
+            return _by_images(lambda xc, yc, dyc, sc, sbc: _lrn_backward(np, xc, yc, dyc, size, alpha, beta, k, sc, sbc),
+                              x, y, dy, s, sb)
+        return _lrn_backward(xp, x, y, dy, size, alpha, beta, k, s, sb)
     if xp is np and all(a.dtype.kind == "f" for a in (x, y, dy)):
         return _by_images(lambda xc, yc, dyc: _lrn_backward(np, xc, yc, dyc, size, alpha, beta, k), x, y, dy)
     return _lrn_backward(xp, x, y, dy, size, alpha, beta, k)
 
 
-def _lrn_backward(xp, x, y, dy, size, alpha, beta, k):
-    """The formula of :func:`lrn_backward` on whole arrays."""
+def _lrn_backward(xp, x, y, dy, size, alpha, beta, k, s=None, sb=None):
+    """The formula of :func:`lrn_backward` on whole arrays (``s``, ``s**beta`` computed if not given)."""
     before, after = size // 2, (size - 1) // 2
-    s = k + (alpha / size) * _window_sum(xp, x * x, before, after)  # the forward denominator base
+    if s is None:
+        _, s, sb = _lrn_parts(xp, x, size, alpha, beta, k)  # the forward's denominator base and its power
     t = dy * y / s  # dL/dy_c * y_c / s_c
     back = _window_sum(xp, t, after, before)  # sum over the outputs c whose window holds j
-    return dy * s ** (-beta) - (2.0 * alpha * beta / size) * x * back
+    return dy / sb - (2.0 * alpha * beta / size) * x * back
 
 
 # --------------------------------------------------------------------- within channel
