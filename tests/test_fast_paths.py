@@ -408,14 +408,16 @@ def test_weight_grad_columns_in_gemm_layout(shape, monkeypatch):
 
 @st.composite
 def saved_column_inputs(draw):
-    """Shapes where the flat-shift columns are used (maps wide enough for the layout)."""
+    """Shapes for the flat-shift columns (maps wide enough for the layout) and the compact ones."""
     groups = draw(st.sampled_from([1, 1, 2]))
     cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(2, 5))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
     h = draw(st.integers(max(1, kh - 2 * ph), 20))
-    w = draw(st.integers(10 * ((kw - 1) // sw) * sw + kw, 10 * ((kw - 1) // sw) * sw + kw + 12))  # W_out >= 10 (Wq - W_out)
+    w = draw(st.sampled_from([  # flat-shift columns (W_out >= 10 (Wq - W_out)) or compact ones (small maps)
+        draw(st.integers(10 * ((kw - 1) // sw) * sw + kw, 10 * ((kw - 1) // sw) * sw + kw + 12)),
+        draw(st.integers(max(1, kw - 2 * pw), 9))]))
     n = draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     x = rng.standard_normal((n, cg * groups, h, w))
@@ -448,7 +450,12 @@ def test_saved_columns_give_the_gradients_of_conv2d_weight_grad(case, chunk_byte
     assert (saved is None) == one_by_one
     if saved is None:
         return
-    assert saved.ones_row == (b is not None and groups == 1)
+    from zfnet.ops.im2col import phase_geometry
+
+    wo = saved.out_size[1]
+    compact = phase_geometry(saved.out_size, w.shape[2:], stride)[1] - wo > 0.1 * wo  # small maps: compact columns
+    assert saved.wq == (wo if compact else phase_geometry(saved.out_size, w.shape[2:], stride)[1])
+    assert saved.ones_row == (b is not None and groups == 1 and not compact)
     dy = np.random.default_rng(2).standard_normal(y.shape)
     dw, db, dz = ops.conv.conv2d_grads_from_columns(saved, dy, w.shape, y if relu else None)
     want_dz = ops.relu_backward(dy, y) if relu else dy
@@ -488,14 +495,15 @@ def test_winograd_layers_keep_their_input_tiles(groups):
 
 
 def test_saved_columns_only_where_the_flat_shift_path_runs():
-    """Small maps (compact columns) and 1x1 convolutions save nothing; a shape mismatch
-    in the gradient is an error naming both shapes."""
+    """Small maps save their compact columns, 1x1 convolutions nothing; a shape
+    mismatch in the gradient is an error naming both shapes."""
     from zfnet.errors import ShapeError
     from zfnet.ops.conv import conv2d_grads_from_columns, conv2d_relu
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 64, 16, 16)).astype(np.float32)
-    assert conv2d_relu(x[:, :, :6, :6], rng.standard_normal((4, 64, 3, 3)), None, 1, 0, keep_columns=True)[1] is None
+    small = conv2d_relu(x[:, :, :6, :6], rng.standard_normal((4, 64, 3, 3)), None, 1, 0, keep_columns=True)[1]
+    assert small.wq == 4 and small.cols.shape == (2, 64 * 9, 4 * 4)  # compact columns: no wrap-around
     assert conv2d_relu(x, rng.standard_normal((4, 64, 1, 1)), keep_columns=True)[1] is None
     wide = rng.standard_normal((2, 3, 16, 32))  # W_out 32, 2 wrap-around columns: the flat-shift layout
     y, saved = conv2d_relu(wide, rng.standard_normal((5, 3, 3, 3)), np.zeros(5), 1, 1, keep_columns=True)

@@ -271,7 +271,7 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=Fals
     run on chunks of images so that each chunk's columns stay in cache.  Returns a
     (N, C_out, H_out, W_out) view of a (N, C_out, H_out, Wq) buffer, and with
     ``keep_columns`` the columns of every chunk, written into one buffer for the
-    whole batch (:class:`SavedColumns`; None for the two cases below).  With ``relu``
+    whole batch (:class:`SavedColumns`; None for a 1x1 convolution).  With ``relu``
     each chunk of the output is rectified right after its GEMM (the bias is then
     added first, as ``relu(conv2d(...))`` does).
 
@@ -294,14 +294,17 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=Fals
     if fold:
         wmat = np.concatenate([wmat, b.reshape(1, o, 1).astype(wmat.dtype)], axis=2)  # (1, C_out, K+1)
     y = np.empty((n, groups, o // groups, ho * wq), dtype=np.result_type(x, w))  # (N, G, O_g, H_out*Wq)
-    keep = keep_columns and not (one_by_one or compact)
+    keep = keep_columns and not one_by_one
     rows = groups * k + fold  # column rows of one image: C*kH*kW, + 1 for the bias's row of ones
     saved = np.empty((n, rows, ho * wq), dtype=x.dtype) if keep else None  # (N, rows, H_out*Wq)
     step = max(1, _COLS_CHUNK_BYTES // (c * kh * kw * ho * wq * x.itemsize))
     for n0 in range(0, n, step):
         xc = x[n0 : n0 + step]
         m = len(xc)
-        if keep or fold:
+        if keep and compact:  # the compact columns (Wq = W_out), into the saved buffer
+            cols = saved[n0 : n0 + m]
+            im2col(xc, (kh, kw), stride, padding, out=cols.reshape(m, c, kh, kw, ho, wo))
+        elif keep or fold:
             cols = saved[n0 : n0 + m] if keep else np.empty((m, rows, ho * wq), dtype=x.dtype)  # (m, rows, L)
             im2col_phases(xc, (kh, kw), stride, padding, out=cols[:, : groups * k].reshape(m, c, kh, kw, ho * wq))
             if fold:
@@ -491,13 +494,14 @@ def _conv2d_weight_grad_im2col(x, dy, w_shape, stride, padding, groups, out_size
 
 
 class SavedColumns(NamedTuple):
-    """The columns a NumPy :func:`conv2d` multiplied (:func:`conv2d_saving_columns`).
+    """The columns a NumPy :func:`conv2d` multiplied (:func:`conv2d_relu`).
 
     ``cols[n, r, oh*Wq + ow]``, shape ``(N, G*C_g*kH*kW (+1), H_out*Wq)``: the
     flat-shift columns of :func:`~zfnet.ops.im2col.im2col_phases` (``Wq - W_out``
-    wrap-around columns per output row), group by group, and when ``ones_row`` a
-    last row of ones that carried the bias (then its gradient comes with the
-    filters').
+    wrap-around columns per output row), or on small maps the compact columns of
+    :func:`~zfnet.ops.im2col.im2col` (``Wq = W_out``), group by group, and when
+    ``ones_row`` a last row of ones that carried the bias (then its gradient comes
+    with the filters').
     """
 
     cols: np.ndarray
