@@ -210,3 +210,30 @@ def test_trainable_dropout_is_live_in_train_mode_only(rng):
     assert 0.3 < dropped.float().mean() < 0.7
     torch.testing.assert_close(tr[live][~dropped], 2 * ev[live][~dropped])
     assert torch.equal(trainable(net, dropout=False).train()(x), trainable(net, dropout=False).eval()(x))
+
+
+@pytest.mark.parametrize("lone_relu", [False, True])
+def test_pooling_takes_the_relu_mask_with_the_same_result(lone_relu):
+    """backward_layers fuses a max pooling with the ReLU below it (the mask at the
+    pooled resolution); every gradient is the same, bit for bit, as the layer-by-layer
+    walk, including where ReLU zeros tie in a window."""
+    from zfnet.nn.layers import backward_layers
+
+    rng = np.random.default_rng(7)
+    conv = Conv2d("conv1", 3, 6, 5, stride=2, padding=1, relu=not lone_relu, rng=rng)
+    layers = [conv] + ([ReLU("relu1")] if lone_relu else []) + [
+        MaxPool2d("pool1", 3, 2), Conv2d("conv2", 6, 8, 3, padding=1, rng=rng), MaxPool2d("pool2", 2),
+        Flatten("flatten"), Linear("fc", 8 * 2 * 2, 5, relu=False, rng=rng)]
+    model = Network(layers, {"arch": "t", "num_classes": 5, "input_size": [23, 23]}).train()
+    x = rng.standard_normal((4, 3, 23, 23)).astype(np.float32)
+    trace = model.forward(x)
+    _, dlogits = softmax_cross_entropy(trace.output, np.array([0, 1, 2, 3]))
+    fused = backward_layers(model.layers, dlogits, trace)
+    fused_grads = {k: v.copy() for k, v in model.gradients().items()}
+    assert (trace.activations["conv1" if not lone_relu else "relu1"] == 0).mean() > 0.2  # many tied zeros
+    grad = dlogits
+    for layer in reversed(model.layers):  # unfused: every layer on its own
+        grad = layer.backward(grad, trace)
+    np.testing.assert_array_equal(fused, grad)
+    for key, value in model.gradients().items():
+        np.testing.assert_array_equal(fused_grads[key], value, err_msg=key)

@@ -492,6 +492,15 @@ def test_winograd_layers_keep_their_input_tiles(groups):
 
     with pytest.raises(ShapeError, match="tiles of shape"):
         winograd_weight_grad(x[:2], dz[:2], w.shape, (1, 1), groups, tiles=saved.tiles)
+    # the input gradient from the forward's transformed filters (permuted for the flip): the same bits
+    from zfnet.ops.conv import conv2d_input_grad
+    from zfnet.ops.winograd import filter_transform, winograd_input_grad
+
+    np.testing.assert_array_equal(saved.u, filter_transform(w))
+    dx = conv2d_input_grad(dz, w, (1, 1), (1, 1), groups, x.shape, saved)
+    np.testing.assert_array_equal(dx, ops.conv_transpose2d(dz, w, None, 1, 1, groups, output_size=x.shape))
+    with pytest.raises(ShapeError, match="transformed filters"):
+        winograd_input_grad(dz, w, (1, 1), groups, u=saved.u[:, :-1])
 
 
 def test_saved_columns_only_where_the_flat_shift_path_runs():

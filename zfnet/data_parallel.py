@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .nn.layers import LRN, AvgPool2d, Conv2d, MaxPool2d, ReLU
+from .nn.layers import LRN, AvgPool2d, Conv2d, MaxPool2d, ReLU, backward_layers
 from .nn.trace import Trace
 from .ops import softmax_cross_entropy
 from .ops._blas import blas_thread_control, blas_threads
@@ -171,13 +171,10 @@ def data_parallel_forward_backward(model, x, y, shards: int):
     for layer in head:
         h = layer.forward(h, head_trace)
     loss, grad = softmax_cross_entropy(h, y)
-    for layer in reversed(head):
-        grad = layer.backward(grad, head_trace)
+    grad = backward_layers(head, grad, head_trace)
 
     def backward(s):
-        g = grad[bounds[s] : bounds[s + 1]]
-        for i in range(k - 1, -1, -1):
-            g = copies[s][i].backward(g, traces[s], input_grad=i > 0)
+        backward_layers(copies[s], grad[bounds[s] : bounds[s + 1]], traces[s], input_grad=False)
 
     _in_shards(shards, backward)
 

@@ -10,6 +10,7 @@ import numpy as np
 from ..backend import asnumpy, get_array_module, to_device
 from ..errors import ConfigError, ShapeError, WeightsError
 from ..nn import Layer, Trace, check_rule
+from ..nn.layers import backward_layers
 
 __all__ = ["Network"]
 
@@ -340,10 +341,7 @@ class Network:
             raise ConfigError("backward() needs a forward pass that ran to the output (no upto=)")
         if tuple(dloss.shape) != tuple(trace.output.shape):
             raise ShapeError(f"{self.arch}: dloss has shape {tuple(dloss.shape)}, the output {tuple(trace.output.shape)}")
-        grad = dloss
-        for i in range(len(self.layers) - 1, -1, -1):
-            grad = self.layers[i].backward(grad, trace, input_grad=input_grad or i > 0)
-        return grad
+        return backward_layers(self.layers, dloss, trace, input_grad)
 
     def gradients(self) -> dict:
         """The last :meth:`backward`'s parameter gradients, keyed like :meth:`state_dict` (arrays on the device)."""

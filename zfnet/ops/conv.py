@@ -42,6 +42,7 @@ __all__ = [
     "conv2d_bias_grad",
     "conv2d_relu",
     "conv2d_grads_from_columns",
+    "conv2d_input_grad",
     "SavedColumns",
     "SavedTiles",
 ]
@@ -132,8 +133,8 @@ def _conv2d(x, w, b, stride, padding, groups, keep_columns: bool, relu: bool):
     if xp is np and x.dtype.kind == "f":
         if winograd_applies(cg, o // groups, (kh, kw), stride, padding, (ho, wo), np.result_type(x, w)):
             # 3x3 stride 1, many channels
-            y, tiles = winograd_conv2d(x, w, b, padding, groups, relu=relu, keep_tiles=True)
-            return y, (SavedTiles(x, tiles, padding, groups) if keep_columns else None)
+            y, tiles, u = winograd_conv2d(x, w, b, padding, groups, relu=relu, keep_tiles=True)
+            return y, (SavedTiles(x, tiles, padding, groups, u) if keep_columns else None)
         return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo), keep_columns, relu)
     if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
         y = _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
@@ -516,13 +517,15 @@ class SavedTiles(NamedTuple):
 
     ``tiles`` is ``(16, C_in, tH, tW, N)`` (:func:`~zfnet.ops.winograd.input_transform`
     of the layer input ``x``, kept by reference), for
-    :func:`~zfnet.ops.winograd.winograd_weight_grad`.
+    :func:`~zfnet.ops.winograd.winograd_weight_grad`; ``u`` the transformed filters
+    ``(16, C_out, C_in/groups)``, for :func:`conv2d_input_grad`.
     """
 
     x: np.ndarray
     tiles: np.ndarray
     padding: tuple
     groups: int
+    u: np.ndarray
 
 
 def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
@@ -594,6 +597,19 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
         dw += part
     db = dw[0, :, k].copy() if ones_row else None
     return dw[:, :, :k].reshape(o, cg, kh, kw), db, dpad[..., :wo]
+
+
+def conv2d_input_grad(dz, w, stride, padding, groups, input_size, saved=None):
+    """``dL/dx`` of a :func:`conv2d` layer: :func:`conv_transpose2d` of ``dz``, to ``input_size``.
+
+    With the :class:`SavedTiles` of a Winograd layer's forward pass the flipped filters'
+    transform is taken from the forward's (:func:`~zfnet.ops.winograd.winograd_input_grad`
+    with ``u=``) instead of computed again; otherwise the same call as
+    ``conv_transpose2d(dz, w, None, stride, padding, groups, output_size=input_size)``.
+    """
+    if isinstance(saved, SavedTiles) and isinstance(dz, np.ndarray) and dz.dtype == saved.u.dtype:
+        return winograd_input_grad(dz, w, saved.padding, saved.groups, u=saved.u)
+    return conv_transpose2d(dz, w, None, stride, padding, groups, output_size=input_size)
 
 
 def conv2d_bias_grad(dy):

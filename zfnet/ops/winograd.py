@@ -263,7 +263,7 @@ def _check(x_shape, w_shape, groups, what):
                          f"an input of {x_shape[1]} channels")
 
 
-def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1, relu=False, keep_tiles=False):
+def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1, relu=False, keep_tiles=False, u=None):
     """3x3 stride-1 :func:`~zfnet.ops.conv2d` by F(2x2, 3x3): the same result, 0.44x the multiplications.
 
     ``y[n, o, i, j] = b[o] + sum_{c,u,v} w[o, c, u, v] x_pad[n, g C_g + c, i + u, j + v]``.
@@ -278,9 +278,12 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1, relu=False, keep_til
     relu : bool
         Return ``max(y, 0)`` instead (rectified in the output transform).
     keep_tiles : bool
-        Return ``(y, v)`` with ``v`` the transformed input tiles (``(16, C_in, tH, tW,
-        N)``, :func:`input_transform`), which :func:`winograd_weight_grad` takes
-        instead of transforming the input again.
+        Return ``(y, v, u)`` with ``v`` the transformed input tiles (``(16, C_in, tH,
+        tW, N)``, :func:`input_transform`), which :func:`winograd_weight_grad` takes
+        instead of transforming the input again, and ``u`` the transformed filters
+        (:func:`filter_transform`), from which :func:`winograd_input_grad` gets its own.
+    u : ndarray, shape (16, C_out, C_in/groups), optional
+        ``filter_transform(w)`` if already computed (``w`` then only gives the shape).
 
     Returns
     -------
@@ -302,14 +305,17 @@ def winograd_conv2d(x, w, b=None, padding=(1, 1), groups=1, relu=False, keep_til
     th, tw = _tiles(out_size)
     dtype = np.result_type(x, w)
     v = input_transform(x.astype(dtype, copy=False), padding, out_size)  # (16, C, tH, tW, N)
-    u = filter_transform(w.astype(dtype, copy=False))  # (16, C_out, C_g)
+    if u is None:
+        u = filter_transform(w.astype(dtype, copy=False))  # (16, C_out, C_g)
+    elif tuple(u.shape) != (16, o, cg):
+        raise ShapeError(f"winograd_conv2d: transformed filters of shape {tuple(u.shape)}, expected {(16, o, cg)}")
     og, t = o // groups, n * th * tw
     vg = v.reshape(16, groups, cg, t)  # (16, G, C_g, tiles)
     m = np.empty((16, o, t), dtype=dtype)  # (16, C_out, tiles)
     for g in range(groups):  # 16 GEMMs per group: (O_g, C_g) @ (C_g, tiles)
         np.matmul(u[:, g * og : (g + 1) * og], vg[:, g], out=m[:, g * og : (g + 1) * og])
     y = output_transform(m.reshape(16, o, th, tw, n), out_size, b, relu)
-    return (y, v) if keep_tiles else y
+    return (y, v, u) if keep_tiles else y
 
 
 def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1, tiles=None):
@@ -364,7 +370,13 @@ def winograd_weight_grad(x, dy, w_shape, padding=(1, 1), groups=1, tiles=None):
     return dw
 
 
-def winograd_input_grad(dy, w, padding=(1, 1), groups=1):
+#: ``G flip(g) = P G g`` with ``P`` swapping rows 0 and 3: the flipped filter's transform
+#: is the filter's, its 4x4 points permuted by ``P`` on both axes.
+_FLIP = np.array([3, 1, 2, 0])
+_FLIP_POINTS = (_FLIP[:, None] * 4 + _FLIP[None, :]).reshape(-1)
+
+
+def winograd_input_grad(dy, w, padding=(1, 1), groups=1, u=None):
     """Input gradient of :func:`winograd_conv2d`, itself an F(2x2, 3x3) convolution.
 
     The adjoint of a stride-1 3x3 convolution with padding ``p`` is the convolution
@@ -380,6 +392,9 @@ def winograd_input_grad(dy, w, padding=(1, 1), groups=1):
     padding : (pH, pW), each 0, 1 or 2
         The forward's padding.
     groups : int
+    u : ndarray, shape (16, C_out, C_in/groups), optional
+        The forward's ``filter_transform(w)`` (``winograd_conv2d(..., keep_tiles=True)``):
+        the flipped filters' transform is then a permutation of it, not computed anew.
 
     Returns
     -------
@@ -393,7 +408,16 @@ def winograd_input_grad(dy, w, padding=(1, 1), groups=1):
     if o % groups:
         raise ShapeError(f"winograd_input_grad: C_out={o} is not divisible by groups={groups}")
     og = o // groups
+    flipped_padding = (2 - padding[0], 2 - padding[1])
+    if u is not None:
+        if tuple(u.shape) != (16, o, cg):
+            raise ShapeError(f"winograd_input_grad: transformed filters of shape {tuple(u.shape)}, "
+                             f"expected {(16, o, cg)}")
+        # U'[xi, g C_g + c, o] = U[P xi, g O_g + o, c]: the flipped filters, C_in and C_out swapped
+        ut = u[_FLIP_POINTS].reshape(16, groups, og, cg).transpose(0, 1, 3, 2).reshape(16, groups * cg, og)
+        shape_only = np.broadcast_to(np.zeros((), u.dtype), (groups * cg, og, 3, 3))  # the filters' shape, no data
+        return winograd_conv2d(dy, shape_only, None, flipped_padding, groups, u=ut)
     # (G, O_g, C_g, 3, 3) -> (G, C_g, O_g, 3, 3), flipped in both spatial axes
     wt = w.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
     wt = np.ascontiguousarray(wt).reshape(groups * cg, og, kh, kw)
-    return winograd_conv2d(dy, wt, None, (2 - padding[0], 2 - padding[1]), groups)
+    return winograd_conv2d(dy, wt, None, flipped_padding, groups)
