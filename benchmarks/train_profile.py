@@ -1,10 +1,12 @@
 """Where one SGD step's time goes: per layer (forward, backward) and per conv op.
 
-Wraps each layer's ``forward``/``backward`` of a training step, and the conv ops the
-layers call (``conv2d``, ``conv2d_weight_grad``, ``conv_transpose2d``, ...), with
-wall-clock timers, then runs ``--steps`` steps of ``--arch`` at ``--batch`` on random
-uint8 pictures through the trainer's own ``_batch`` and ``train_step``.  Prints the
-last step's table.  Timings on a shared machine vary by +-20% between runs: repeat.
+Wraps each layer class's ``forward``/``backward``, and the ops the layers call
+(``conv2d_relu``, ``conv2d_grads_from_columns``, ``max_pool2d``, ...), with wall-clock
+timers, then runs ``--steps`` steps of ``--arch`` at ``--batch`` on random uint8
+pictures through the trainer's own ``_batch`` and ``train_step``.  Prints the last
+step's table: one column pair per thread (the data-parallel step runs the trunk on
+each; ``ZFNET_DATA_PARALLEL=0`` for the serial step).  Timings on a shared machine
+vary by +-20% between runs: repeat.
 
     python benchmarks/train_profile.py --arch zfnet --batch 32 --steps 3 --keep-freed-memory
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,9 +28,11 @@ short_openblas_spin()  # before NumPy loads OpenBLAS, as `zfnet train` does
 import numpy as np  # noqa: E402
 
 import zfnet.nn.layers as layers_module  # noqa: E402
+import zfnet.data_parallel as dp  # noqa: E402
 from zfnet.train import TrainConfig, Trainer  # noqa: E402
 
-OPS = ("conv2d", "conv2d_weight_grad", "conv2d_bias_grad", "conv_transpose2d", "relu_backward")
+OPS = ("conv2d_relu", "conv2d_grads_from_columns", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad",
+       "relu_backward", "max_pool2d", "max_unpool2d", "lrn_saving_scale", "lrn_backward")
 
 
 def main(argv=None) -> int:
@@ -65,39 +70,61 @@ def main(argv=None) -> int:
     tr = Trainer(cfg, _Split(), None, "/tmp/zfnet-train-profile", progress=False)
     tr.state.perm = np.arange(tr.n_train)
     tr.model.train()
-    fwd: dict[str, float] = {}
-    bwd: dict[str, float] = {}
-    for layer in tr.model.layers:
-        f0, b0 = layer.forward, layer.backward
+    # Timers on the layer classes, per thread: the data-parallel step (zfnet.data_parallel)
+    # runs copies of the layers on two threads, so a row is (thread, layer).
+    times: dict[tuple[str, str, str], float] = {}
+    order: list[str] = []
+    for cls in {type(layer) for layer in tr.model.layers}:
+        for meth in ("forward", "backward"):
+            f0 = cls.__dict__.get(meth)
+            if f0 is None:
+                continue
 
-        def f(x, trace=None, _f=f0, _n=layer.name):
-            t = time.perf_counter()
-            y = _f(x, trace)
-            fwd[_n] = time.perf_counter() - t
-            return y
+            def timed(self, *a, _f=f0, _m=meth, **k):
+                t = time.perf_counter()
+                out = _f(self, *a, **k)
+                key = (threading.current_thread().name, self.name, _m)
+                times[key] = times.get(key, 0.0) + time.perf_counter() - t
+                return out
 
-        def b(dy, trace, *a, _b=b0, _n=layer.name, **k):
-            t = time.perf_counter()
-            y = _b(dy, trace, *a, **k)
-            bwd[_n] = time.perf_counter() - t
-            return y
+            setattr(cls, meth, timed)
+    phases: dict[str, float] = {}
+    in_shards = dp._in_shards
 
-        layer.forward, layer.backward = f, b
+    def timed_shards(shards, fn):
+        t = time.perf_counter()
+        in_shards(shards, fn)
+        phases[f"shards ({fn.__name__})"] = time.perf_counter() - t
+
+    dp._in_shards = timed_shards
     for _ in range(args.steps):
         ops.clear()
+        times.clear()
+        phases.clear()
         t = time.perf_counter()
         x, y = tr._batch(0)
         t_batch = time.perf_counter() - t
+        shards = dp.shard_count(tr.model, x)
         t = time.perf_counter()
         tr.train_step(x, y, 1e-3)
         t_step = time.perf_counter() - t
+    threads = sorted({k[0] for k in times}, key=lambda name: (name != "MainThread", name))
+    main_fwd = sum(v for k, v in times.items() if k[0] == "MainThread" and k[2] == "forward")
+    main_bwd = sum(v for k, v in times.items() if k[0] == "MainThread" and k[2] == "backward")
     print(f"{args.arch}, batch {args.batch}: step {t_step:.3f} s (+ augmentation {t_batch:.3f} s); "
-          f"forward {sum(fwd.values()):.3f} s, backward {sum(bwd.values()):.3f} s, "
-          f"the rest (loss, update) {t_step - sum(fwd.values()) - sum(bwd.values()):.3f} s")
-    print(f"{'layer':10s} {'forward':>8s} {'backward':>9s}")
-    for name in fwd:
-        print(f"{name:10s} {fwd[name]:8.3f} {bwd.get(name, 0.0):9.3f}")
-    print("conv ops (each call, in order):")
+          f"{shards} shard(s) (ZFNET_DATA_PARALLEL=0 for the serial step); on the main thread forward "
+          f"{main_fwd:.3f} s, backward {main_bwd:.3f} s, the rest (loss, sums, update, waiting) "
+          f"{t_step - main_fwd - main_bwd:.3f} s")
+    for name, v in phases.items():
+        print(f"  {name}: {v:.3f} s")
+    for layer in tr.model.layers:
+        order.append(layer.name)
+    print(f"{'layer':10s} " + " ".join(f"{th[:14]:>14s} fwd/bwd" for th in threads))
+    for name in order:
+        cells = [f"{times.get((th, name, 'forward'), 0.0):10.3f} {times.get((th, name, 'backward'), 0.0):10.3f}"
+                 for th in threads]
+        print(f"{name:10s} " + " ".join(cells))
+    print("conv ops (each call on any thread, in order):")
     for name, ts in ops.items():
         print(f"  {name:20s} {sum(ts):6.3f} s  [{', '.join(f'{t:.3f}' for t in ts)}]")
     return 0

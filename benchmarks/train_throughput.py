@@ -22,9 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from zfnet._memory import short_openblas_spin  # noqa: E402  (imports no NumPy)
+from zfnet._memory import keep_freed_memory, short_openblas_spin  # noqa: E402  (imports no NumPy)
 
 short_openblas_spin()  # before NumPy loads OpenBLAS, as `zfnet train` does
+keep_freed_memory()  # before any thread starts, as `zfnet train` does
 
 import numpy as np  # noqa: E402
 

@@ -393,3 +393,21 @@ def test_train_shortens_openblas_spin_unless_set():
     assert run(["zfnet"]) == "None"
     assert run(["zfnet", "train"], OPENBLAS_THREAD_TIMEOUT="12") == "12"
     assert run(["zfnet", "train"], first="import numpy; ") == "None"
+
+
+def test_train_keeps_freed_memory_from_the_start():
+    """`zfnet train` sets the allocator (zfnet._memory.keep_freed_memory) when the command
+    module loads, before any thread starts; other commands leave it alone."""
+    import subprocess
+    import sys
+
+    def run(argv):
+        code = (f"import sys; sys.argv = {argv!r}; import zfnet.cli, zfnet._memory as m; "
+                "print('keep' in m._done)")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+
+    expected = "True" if sys.platform.startswith("linux") else run(["zfnet", "train"])  # glibc only
+    assert run(["zfnet", "train", "--data", "x"]) == expected
+    assert run(["zfnet", "top9", "--data", "x"]) == "False"

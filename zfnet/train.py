@@ -621,6 +621,11 @@ class Trainer:
         faster, no page faults, but the process holds its peak memory until it
         exits and the setting cannot be undone.  ``zfnet train`` turns it on; off by
         default so that a notebook or another program is not changed behind its back.
+        The data-parallel step (:mod:`zfnet.data_parallel`) needs it to have been set
+        before any other thread started (``zfnet train`` sets it when the command
+        starts): a thread started earlier keeps its own heap, and a shard thread
+        that inherits such a heap maps its big arrays anew every step (measured:
+        14,500 page faults a step, ZFNet steps of 1.5 s instead of 1.15 s).
     """
 
     def __init__(self, config: TrainConfig, train, val=None, out_dir="runs/train", device: str = "cpu",

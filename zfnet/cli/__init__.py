@@ -11,11 +11,14 @@ import importlib.util
 import sys
 
 
-# `zfnet train` only: OpenBLAS's short spin-wait, set before NumPy loads (zfnet/_memory.py)
+# `zfnet train` only (zfnet/_memory.py): OpenBLAS's short spin-wait, set before NumPy loads;
+# and the allocator keeping freed memory, set before any thread starts (so that the
+# data-parallel step's threads share the main heap: zfnet.data_parallel)
 if sys.argv[1:2] == ["train"]:
-    from .._memory import short_openblas_spin
+    from .._memory import keep_freed_memory, short_openblas_spin
 
     short_openblas_spin()
+    keep_freed_memory()
 
 from .. import __version__  # noqa: E402
 from ..errors import ZfnetError  # noqa: E402
