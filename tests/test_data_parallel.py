@@ -183,15 +183,85 @@ def test_serial_keeps_parallel_range_on_the_calling_thread(monkeypatch):
 
 @needs_blas_control
 def test_blas_threads_sets_and_restores():
+    set_, get = blas_thread_control()
+    before = get()
+    set_(2)  # so that "restored" differs from the value set inside
+    try:
+        with blas_threads(1) as ok:
+            assert ok and get() == 1
+        assert get() == 2
+        with pytest.raises(RuntimeError):
+            with blas_threads(1):
+                raise RuntimeError("inside")
+        assert get() == 2
+    finally:
+        set_(before)
+
+
+@needs_blas_control
+def test_blas_threads_sets_numpys_own_openblas_even_with_scipy_loaded():
+    """Another package's OpenBLAS loaded first (SciPy's wheel) must not be the one set."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("scipy.linalg")
+    code = ("import scipy.linalg, os, numpy; from zfnet.ops import _blas; _blas.blas_thread_control(); "
+            "libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), 'numpy.libs'); "
+            "print(_blas._found_path[0].startswith(libs) if os.path.isdir(libs) and any('openblas' in f for f in "
+            "os.listdir(libs)) else 'no numpy.libs')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    if res.stdout.strip() == "no numpy.libs":
+        pytest.skip("this NumPy does not bundle its OpenBLAS in numpy.libs")
+    assert res.stdout.strip() == "True"
+
+
+@needs_blas_control
+def test_a_failing_shard_raises_after_every_shard_is_done(monkeypatch):
+    """An exception in one shard reaches the caller once all shards have stopped, with
+    BLAS's thread count and the calling thread's serial flag restored."""
+    import threading
+    import time
+
+    from zfnet.ops import _parallel
+
     _, get = blas_thread_control()
     before = get()
-    with blas_threads(1) as ok:
-        assert ok and get() == 1
+    finished = []
+
+    def shard(s):
+        if s == 1:
+            raise ValueError("shard 1 failed")
+        time.sleep(0.2 * s)  # shards 0 and 2 run on after the failure
+        finished.append(s)
+
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        dp._in_shards(3, shard)
+    assert sorted(finished) == [0, 2]
     assert get() == before
-    with pytest.raises(RuntimeError):
-        with blas_threads(1):
-            raise RuntimeError("inside")
-    assert get() == before
+    assert not getattr(_parallel._local, "serial", False)
+    assert threading.current_thread().name == "MainThread"
+
+
+@needs_blas_control
+def test_winograd_layers_in_the_shards():
+    """A trunk whose 3x3 convolution takes Winograd (its tiles and transformed filters
+    kept, the input gradient from them): the data-parallel step equals the serial one."""
+    rng = np.random.default_rng(9)
+    layers = [Conv2d("conv1", 3, 96, 5, stride=2, padding=1, rng=rng),
+              Conv2d("conv2", 96, 96, 3, padding=1, rng=rng), MaxPool2d("pool2", 3, 2),
+              Flatten("flatten"), Linear("fc", 96 * 10 * 10, 5, relu=False, rng=rng)]
+    model = Network(layers, {"arch": "w", "num_classes": 5, "input_size": [45, 45]}).train()
+    x = rng.standard_normal((6, 3, 45, 45)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    trace = model.forward(x)
+    from zfnet.ops.conv import SavedTiles
+
+    assert isinstance(trace.caches["conv2"]["cols"], SavedTiles)  # the Winograd path is the one tested
+    _, _, g0 = serial_step(model, x, y)
+    dp.data_parallel_forward_backward(model, x, y, 2)
+    for key, value in model.gradients().items():
+        np.testing.assert_allclose(value, g0[key], rtol=0, atol=1e-5 * np.abs(g0[key]).max(), err_msg=key)
 
 
 def test_blas_threads_without_openblas_changes_nothing(monkeypatch):

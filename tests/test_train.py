@@ -70,6 +70,35 @@ def test_sgd_matches_the_formula():
         np.testing.assert_allclose(w, w1 - 0.2 * v2, rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("ratios", [False, True])
+def test_sgd_in_pieces_gives_the_whole_array_update_bit_for_bit(monkeypatch, ratios):
+    """A parameter bigger than one piece (262,144 values) is updated piece by piece on
+    two threads: the same float32 operations as the whole-array formula, so the same bits."""
+    from zfnet.models import Network
+    from zfnet.nn import Flatten, Linear
+
+    monkeypatch.setenv("ZFNET_NUM_THREADS", "2")
+    rng = np.random.default_rng(3)
+    model = Network([Flatten("flat"), Linear("fc", 700, 600, relu=False, rng=rng)], {"arch": "t"})
+    assert model.layer("fc").weight.size > 1 << 18
+    w0 = {k: v.copy() for k, v in model.state_dict().items()}
+    opt = SGD(model, momentum=0.9, weight_decay=5e-4)
+    v = {k: np.zeros_like(w) for k, w in w0.items()}
+    w = {k: x.copy() for k, x in w0.items()}
+    for step in range(3):
+        grads = {k: rng.standard_normal(x.shape).astype(np.float32) for k, x in w0.items()}
+        opt.step(model, grads, lr=0.05, ratios=ratios)
+        for k in w:  # the formula on whole arrays, in SGD.step's order of operations
+            v[k] *= np.float32(0.9)
+            v[k] += grads[k]
+            if k.endswith("weight"):
+                v[k] += np.float32(5e-4) * w[k]
+            w[k] -= np.float32(0.05) * v[k]
+        for k, x in model.state_dict().items():
+            np.testing.assert_array_equal(x, w[k], err_msg=f"{k}, step {step}")
+            np.testing.assert_array_equal(opt.buffers[k], v[k], err_msg=f"{k} momentum, step {step}")
+
+
 def test_renormalize_filters():
     model = tiny_net()
     w = model.layer("conv1").weight

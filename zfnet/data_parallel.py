@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -54,7 +52,7 @@ from .nn.layers import LRN, AvgPool2d, Conv2d, MaxPool2d, ReLU, backward_layers
 from .nn.trace import Trace
 from .ops import softmax_cross_entropy
 from .ops._blas import blas_thread_control, blas_threads
-from .ops._parallel import num_threads, serial
+from .ops._parallel import num_threads, run_here_and_on_pool, serial
 
 __all__ = ["trunk_length", "shard_count", "data_parallel_forward_backward"]
 
@@ -96,38 +94,24 @@ def _bounds(n: int, shards: int) -> list[int]:
     return [n * s // shards for s in range(shards + 1)]
 
 
-_lock = threading.Lock()
-_pool: list = [None, 0, 0]  # [executor, workers, pid]
-
-
-def _shard_pool(workers: int) -> ThreadPoolExecutor:
-    """The shards' own threads, started on the first data-parallel step.
-
-    Not the ops' pool (:mod:`zfnet.ops._parallel`): its threads may have started, and
-    got a heap of their own, before the trainer called
-    :func:`~zfnet._memory.keep_freed_memory`, and glibc maps and unmaps every block
-    over 64 MiB of such a heap anew each time (the page faults that setting removes
-    on the main thread).  Threads started after it share the main heap.
-    """
-    with _lock:
-        pool, size, pid = _pool
-        if pool is None or size < workers or pid != os.getpid():
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet-shard")
-            _pool[:] = [pool, workers, os.getpid()]
-        return pool
-
-
 def _in_shards(shards: int, fn) -> None:
     """``fn(s)`` for every shard, one thread each (the caller takes shard 0), with every op
-    inside on that thread (:func:`~zfnet.ops._parallel.serial`) and BLAS on 1 thread."""
+    inside on that thread (:func:`~zfnet.ops._parallel.serial`) and BLAS on 1 thread.
+
+    The shards' threads are a pool of their own ("zfnet-shard"), started on the first
+    data-parallel step, not the ops' pool: that one may have started, and got a heap
+    of its own, before :func:`~zfnet._memory.keep_freed_memory` was called, and glibc
+    maps and unmaps every block over 64 MiB of such a heap anew each time (the page
+    faults that setting removes on the main thread).  Threads started after it share
+    the main heap.
+    """
+
+    def first():
+        with serial():
+            fn(0)
+
     with blas_threads(1):
-        futures = [_shard_pool(shards - 1).submit(fn, s) for s in range(1, shards)]
-        try:
-            with serial():
-                fn(0)
-        finally:
-            for f in futures:
-                f.result()
+        run_here_and_on_pool(first, [lambda s=s: fn(s) for s in range(1, shards)], prefix="zfnet-shard")
 
 
 def data_parallel_forward_backward(model, x, y, shards: int):

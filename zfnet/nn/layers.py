@@ -306,9 +306,14 @@ class Conv2d(Layer):
         return win.down(sig, self.stride, self.padding, trace.caches[self.name]["in_hw"])
 
     def backward(self, dy, trace, input_grad=True, dy_masked=False):
-        """``dz = dy * [y > 0]``; ``dw``, ``db`` from :func:`conv2d_weight_grad`; ``dx = conv_transpose2d(dz, w)``.
+        """``dz = dy * [y > 0]``; ``dw``, ``db`` (:func:`conv2d_weight_grad`); ``dx = conv_transpose2d(dz, w)``.
 
-        With dilation, the gradient of the dilated filter is taken at the taps.
+        When the forward pass kept its columns or Winograd tiles (training mode,
+        :func:`~zfnet.ops.conv.conv2d_relu`), ``dw`` comes from them
+        (:func:`~zfnet.ops.conv.conv2d_grads_from_columns`, ``db`` from their row of
+        ones where the bias had one) and ``dx`` from
+        :func:`~zfnet.ops.conv.conv2d_input_grad`; the same gradients to float32
+        rounding.  With dilation, the gradient of the dilated filter is taken at the taps.
         ``dy_masked=True`` says ``dy`` is already zero wherever ``y <= 0`` (a max
         pooling above took the ReLU's mask: :func:`backward_layers`), so the mask is
         not applied again.

@@ -15,6 +15,12 @@ def _take(value: Any, index):
     return value
 
 
+# Training caches that hold one buffer for the whole batch, laid out in their own way
+# (a convolution's columns or Winograd tiles, LRN's denominator): select() leaves them
+# out, and a backward pass on the selection computes them again.
+_WHOLE_BATCH_ONLY = ("cols", "scale")
+
+
 @dataclass
 class Trace:
     """Everything one forward pass recorded, keyed by layer name.
@@ -57,7 +63,8 @@ class Trace:
         return Trace(
             activations={k: _take(v, index) for k, v in self.activations.items()},
             switches={k: _take(v, index) for k, v in self.switches.items()},
-            caches={k: {kk: _take(vv, index) for kk, vv in c.items()} for k, c in self.caches.items()},
+            caches={k: {kk: _take(vv, index) for kk, vv in c.items() if kk not in _WHOLE_BATCH_ONLY}
+                    for k, c in self.caches.items()},
             output=None if self.output is None else _take(self.output, index),
             input_shape=self.input_shape,
             keep_caches=self.keep_caches,

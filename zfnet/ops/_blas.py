@@ -3,8 +3,9 @@
 The data-parallel training step (:mod:`zfnet.data_parallel`) gives each CPU thread
 whole images, so each thread's GEMMs must run on one core: two threads that each
 call a 2-thread GEMM at once share the cores worse than two 1-thread GEMMs side by
-side (measured: 20 GEMMs of 256x2400 by 2400x5000 in two Python threads, 0.52 s
-with 2 BLAS threads, 0.44 s with 1; one thread alone, 0.44 s with 2).
+side (measured: 20 GEMMs of 256x2400 by 2400x5000, 10 in each of two Python
+threads: 0.52 s with 2 BLAS threads, 0.44 s with 1; all 20 in one thread with 2
+BLAS threads, 0.44 s).
 
 OpenBLAS keeps one process-wide thread count (``openblas_set_num_threads``;
 NumPy's wheels bundle it with a ``scipy_`` prefix and a ``64_`` suffix), so
@@ -32,11 +33,21 @@ _SYMBOLS = (
 )
 _lock = threading.Lock()
 _found: list = []  # [] not looked yet; [None] none; [(set, get)]
+_found_path: list = [None]  # the library they belong to
 
 
 def _candidate_paths() -> list[str]:
-    """Shared libraries this process has loaded whose names say OpenBLAS, then NumPy's own."""
-    paths: list[str] = []
+    """NumPy's own OpenBLAS (the wheel's ``numpy.libs``) first, then any other loaded
+    library whose name says OpenBLAS (a NumPy built against a system OpenBLAS).
+
+    NumPy's comes first because another package may bring its own OpenBLAS into the
+    process (SciPy's wheels do): setting that one's thread count would not touch the
+    GEMMs NumPy runs.
+    """
+    import numpy
+
+    libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs", "*openblas*")
+    paths = sorted(glob.glob(libs))
     try:
         with open("/proc/self/maps") as f:  # Linux: what is really loaded
             for line in f:
@@ -45,10 +56,6 @@ def _candidate_paths() -> list[str]:
                     paths.append(path)
     except OSError:
         pass
-    import numpy
-
-    libs = os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs", "*openblas*")
-    paths += [p for p in sorted(glob.glob(libs)) if p not in paths]
     return paths
 
 
@@ -70,6 +77,7 @@ def blas_thread_control():
                         setter.argtypes, setter.restype = [ctypes.c_int], None
                         getter.argtypes, getter.restype = [], ctypes.c_int
                         _found[0] = (setter, getter)
+                        _found_path[0] = path
                         break
                 if _found[0] is not None:
                     break

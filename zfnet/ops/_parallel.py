@@ -18,15 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable
 
-__all__ = ["num_threads", "parallel_range", "parallel_pieces", "serial"]
+__all__ = ["num_threads", "parallel_range", "parallel_pieces", "serial", "run_here_and_on_pool"]
 
 _lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_pid = 0  # a forked child inherits the pool object but not its threads: make a new one
+# thread-name prefix -> (pool, size, pid); a forked child inherits a pool object but not
+# its threads, so a pool from another pid is replaced
+_pools: dict[str, tuple[ThreadPoolExecutor, int, int]] = {}
 _local = threading.local()  # .serial: this thread runs the ops' parts itself (see serial())
 
 
@@ -58,13 +58,39 @@ def _on_one_thread() -> bool:
     return getattr(_local, "serial", False) or threading.current_thread().name.startswith("zfnet")
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size, _pool_pid
+def _executor(workers: int, prefix: str = "zfnet") -> ThreadPoolExecutor:
+    """The pool of at least ``workers`` threads named ``prefix_N``, started on first use.
+
+    Every name starts with "zfnet", so ops called on a pool thread run on it alone
+    (no nesting; :func:`parallel_range`).
+    """
     with _lock:
-        if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zfnet")
-            _pool_size, _pool_pid = workers, os.getpid()
-        return _pool
+        pool, size, pid = _pools.get(prefix, (None, 0, 0))
+        if pool is None or size < workers or pid != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix)
+            _pools[prefix] = (pool, workers, os.getpid())
+        return pool
+
+
+def run_here_and_on_pool(first: Callable[[], None], others: list[Callable[[], None]], prefix: str = "zfnet") -> None:
+    """Call ``first()`` on this thread and each of ``others`` on a thread of the pool ``prefix``.
+
+    Returns when all are done; if any raised, re-raises the first exception (in the
+    order ``first``, ``others``) only after every call has finished, so none is
+    still running when the caller goes on.
+    """
+    futures = [_executor(len(others), prefix).submit(fn) for fn in others] if others else []
+    error = None
+    try:
+        first()
+    except BaseException as e:  # noqa: BLE001  (re-raised below, after the others)
+        error = e
+    if futures:
+        wait(futures)
+    if error is not None:
+        raise error
+    for f in futures:
+        f.result()
 
 
 def parallel_range(n: int, fn: Callable[[int, int], None], min_items: int = 1) -> None:
@@ -81,13 +107,8 @@ def parallel_range(n: int, fn: Callable[[int, int], None], min_items: int = 1) -
             fn(0, n)
         return
     bounds = [n * i // parts for i in range(parts + 1)]
-    pool = _executor(parts - 1)
-    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
-    try:
-        fn(bounds[0], bounds[1])
-    finally:
-        for f in futures:
-            f.result()
+    run_here_and_on_pool(lambda: fn(bounds[0], bounds[1]),
+                         [lambda i=i: fn(bounds[i], bounds[i + 1]) for i in range(1, parts)])
 
 
 def parallel_pieces(n: int, item_bytes: int, fn: Callable[[int, int], None], piece_bytes: int = 1 << 20) -> None:

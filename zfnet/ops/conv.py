@@ -107,10 +107,10 @@ def conv2d_relu(x, w, b=None, stride=1, padding=0, groups=1, relu=True, keep_col
     Returns ``(y, saved)``: ``y`` as ``relu(conv2d(x, w, b, ...))`` computes it, and
     ``saved`` what :func:`conv2d_grads_from_columns` turns into the filter (and bias)
     gradient without building it a second time: the flat-shift columns the GEMM
-    multiplied (:class:`SavedColumns`), the Winograd input tiles
-    (:class:`SavedTiles`), or None (``keep_columns`` False; 1x1 convolutions, small
-    maps, CuPy).  Saving costs memory until the backward pass: ZFNet's conv1 at
-    batch 32, 236 MB.
+    multiplied (:class:`SavedColumns`: flat-shift, or compact on small maps), the
+    Winograd input tiles and transformed filters (:class:`SavedTiles`), or None
+    (``keep_columns`` False; 1x1 convolutions, CuPy).  Saving costs memory until the
+    backward pass: ZFNet's conv1 at batch 32, 236 MB.
     """
     return _conv2d(x, w, b, stride, padding, groups, keep_columns=keep_columns, relu=relu)
 
@@ -265,6 +265,22 @@ def _conv_transpose2d_col2im(y, w, b, stride, padding, groups, out_size):
 _COLS_CHUNK_BYTES = 8 << 20  # images per GEMM chunk: about this many bytes of columns
 
 
+def _column_layout(out_size, kernel_size, stride, padding):
+    """``(Wq, one_by_one, compact)``: the columns the NumPy paths build for these shapes.
+
+    The flat-shift layout (``Wq = W_out + (kW-1)//sW``, :func:`~zfnet.ops.im2col.phase_geometry`),
+    except for a 1x1 stride-1 convolution (the input is its own columns) and small maps,
+    where the wrap-around columns would add more than 10% to the GEMM (compact
+    columns, ``Wq = W_out``).  The forward, the filter gradient and the saved columns
+    (:class:`SavedColumns`) all follow it.
+    """
+    wo = out_size[1]
+    _, wq = phase_geometry(out_size, kernel_size, stride)
+    one_by_one = (*kernel_size, *stride, *padding) == (1, 1, 1, 1, 0, 0)
+    compact = not one_by_one and wq - wo > 0.1 * wo
+    return (wo if one_by_one or compact else wq), one_by_one, compact
+
+
 def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=False, relu=False):
     """:func:`conv2d` on NumPy with columns from :func:`~zfnet.ops.im2col.im2col_phases`.
 
@@ -283,11 +299,7 @@ def _conv2d_phases(x, w, b, stride, padding, groups, out_size, keep_columns=Fals
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (ho, wo), k = out_size, cg * kh * kw
-    _, wq = phase_geometry(out_size, (kh, kw), stride)
-    one_by_one = (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0)
-    compact = not one_by_one and wq - wo > 0.1 * wo
-    if one_by_one or compact:
-        wq = wo  # no wrap-around columns
+    wq, one_by_one, compact = _column_layout(out_size, (kh, kw), stride, padding)
     wmat = w.reshape(groups, o // groups, k)  # (G, O_g, C_g*kH*kW)
     # The bias rides in the GEMM: a row of ones under the columns, the bias as its weight
     # (one more of K rows instead of a pass over the whole output).
@@ -376,11 +388,7 @@ def _conv2d_weight_grad_phases(x, dy, w_shape, stride, padding, groups, out_size
     n, c = x.shape[:2]
     o, cg, kh, kw = w_shape
     (ho, wo), k, og = out_size, cg * kh * kw, o // groups
-    _, wq = phase_geometry(out_size, (kh, kw), stride)
-    one_by_one = (kh, kw, *stride, *padding) == (1, 1, 1, 1, 0, 0)
-    compact = not one_by_one and wq - wo > 0.1 * wo
-    if one_by_one or compact:
-        wq = wo  # no wrap-around columns
+    wq, one_by_one, compact = _column_layout(out_size, (kh, kw), stride, padding)
     length = ho * wq
     dw = np.zeros((groups, og, k), dtype=np.result_type(x, dy))  # (G, O_g, C_g*kH*kW)
     step = max(1, _WGRAD_CHUNK_BYTES // (c * kh * kw * length * x.itemsize))
@@ -537,8 +545,9 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
 
         dw_g \\mathrel{+}= dY_g[n] \\; (O_g, L) \\;\\times\\; X_g[n]^T \\; (L, C_g k_H k_W)
 
-    over the ``L = H_out*Wq`` positions of the flat-shift layout (the wrap-around
-    positions meet zeros in ``dY``), the same sum as :func:`conv2d_weight_grad`.
+    over the ``L = H_out*Wq`` positions of the saved layout (flat-shift, whose
+    wrap-around positions meet zeros in ``dY``, or compact with ``Wq = W_out``), the
+    same sum as :func:`conv2d_weight_grad`.
     With a row of ones under the columns, the last column of the product is
     ``db[o] = sum_{n,i,j} dy[n,o,i,j]``.
 
@@ -608,7 +617,11 @@ def conv2d_input_grad(dz, w, stride, padding, groups, input_size, saved=None):
     ``conv_transpose2d(dz, w, None, stride, padding, groups, output_size=input_size)``.
     """
     if isinstance(saved, SavedTiles) and isinstance(dz, np.ndarray) and dz.dtype == saved.u.dtype:
-        return winograd_input_grad(dz, w, saved.padding, saved.groups, u=saved.u)
+        o, cg = w.shape[:2]
+        flipped = (2 - saved.padding[0], 2 - saved.padding[1])
+        size = tuple(int(v) for v in tuple(input_size)[-2:])
+        if winograd_applies(o // groups, cg, (3, 3), (1, 1), flipped, size, dz.dtype):  # as conv_transpose2d decides
+            return winograd_input_grad(dz, w, saved.padding, saved.groups, u=saved.u)
     return conv_transpose2d(dz, w, None, stride, padding, groups, output_size=input_size)
 
 
