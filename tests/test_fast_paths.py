@@ -557,3 +557,25 @@ def test_lrn_saved_scale_gives_the_same_bits(n, c, hw, size, chunk_bytes, dtype,
 
     with pytest.raises(ShapeError, match="saved scale"):
         ops.lrn_backward(x, y, dy, size, 1e-2, 0.75, 2.0, scale=norm.LRNScale(scale.s[:, :, :0], scale.s_beta[:, :, :0]))
+
+
+def test_lrn_window_sum_without_padding_equals_the_padded_sum():
+    """The window sum over channels by slices gives the zero-padded sum's bits, for every
+    window around every channel count (windows longer than the channels included)."""
+    from zfnet.ops.norm import _window_sum
+
+    def padded(a, before, after):
+        c = a.shape[1]
+        p = np.pad(a, [(0, 0), (before, after), (0, 0), (0, 0)])
+        out = p[:, 0:c].copy()
+        for d in range(1, before + after + 1):
+            out += p[:, d : d + c]
+        return out
+
+    rng = np.random.default_rng(0)
+    for c in range(1, 10):
+        for before in range(5):
+            for after in range(5):
+                a = (rng.standard_normal((2, c, 3, 4)) * 10.0 ** rng.integers(-3, 3, (2, c, 3, 4))).astype(np.float32)
+                assert padded(a, before, after).tobytes() == _window_sum(np, a, before, after).tobytes(), \
+                    (c, before, after)

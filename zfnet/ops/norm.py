@@ -130,14 +130,21 @@ def _by_images(fn, *arrays, outputs: int = 1):
 
 
 def _window_sum(xp, a, before: int, after: int):
-    """``out[:, c] = sum_{c' = c - before}^{c + after} a[:, c']`` with zeros outside ``[0, C)``."""
+    """``out[:, c] = sum_{c' = c - before}^{c + after} a[:, c']`` with zeros outside ``[0, C)``.
+
+    Added from ``c - before`` up, the terms outside ``[0, C)`` skipped (adding 0 changes
+    no sum), by channel slices of ``a`` itself rather than a zero-padded copy.
+    """
     c = a.shape[1]
-    pad = [(0, 0)] * a.ndim
-    pad[1] = (before, after)
-    a = xp.pad(a, pad)  # (N, C + before + after, ...)
-    out = a[:, 0:c].copy()
-    for d in range(1, before + after + 1):
-        out += a[:, d : d + c]
+    out = xp.empty_like(a)
+    first = min(before, c)  # the first term, a[c - before], is outside the channels below `first`
+    out[:, :first] = 0
+    out[:, first:] = a[:, : c - first]
+    for shift in range(1 - before, after + 1):  # the term a[c + shift]
+        if shift < 0 and -shift < c:
+            out[:, -shift:] += a[:, : c + shift]
+        elif 0 <= shift < c:
+            out[:, : c - shift] += a[:, shift:]
     return out
 
 
