@@ -162,11 +162,7 @@ def data_parallel_forward_backward(model, x, y, shards: int):
 
     _in_shards(shards, backward)
 
-    for i, layer in enumerate(trunk):
-        total = {}
-        for key in copies[0][i].grads:
-            total[key] = copies[0][i].grads[key]
-            for s in range(1, shards):
-                total[key] = total[key] + copies[s][i].grads[key]
-        layer.grads = total
+    for i, layer in enumerate(trunk):  # each gradient summed over the shards, in shard order
+        layer.grads = {key: sum((c[i].grads[key] for c in copies[1:]), start=g)
+                       for key, g in copies[0][i].grads.items()}
     return loss, h

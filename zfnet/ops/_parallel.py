@@ -79,7 +79,8 @@ def run_here_and_on_pool(first: Callable[[], None], others: list[Callable[[], No
     order ``first``, ``others``) only after every call has finished, so none is
     still running when the caller goes on.
     """
-    futures = [_executor(len(others), prefix).submit(fn) for fn in others] if others else []
+    pool = _executor(len(others), prefix) if others else None
+    futures = [pool.submit(fn) for fn in others]
     error = None
     try:
         first()
