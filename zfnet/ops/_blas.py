@@ -12,6 +12,12 @@ NumPy's wheels bundle it with a ``scipy_`` prefix and a ``64_`` suffix), so
 :func:`blas_threads` sets it for the block it guards and restores it afterwards.
 Where NumPy's BLAS is not an OpenBLAS we can find (MKL, Accelerate, a build
 without the symbols), :func:`blas_threads` yields False and changes nothing.
+
+:func:`gemm` calls the same library's ``cblas_sgemm``/``cblas_dgemm`` for one thing
+NumPy's ``matmul`` cannot do: add the product into an existing array (``beta = 1``),
+which the convolution by kernel rows (:mod:`zfnet.ops.kernel_rows`) does once per
+row of the filter.  Without the library it computes the same sum through a
+temporary.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import glob
 import os
 import threading
 
-__all__ = ["blas_threads", "blas_thread_control"]
+__all__ = ["blas_threads", "blas_thread_control", "gemm"]
 
 # (set, get) symbol pairs, most specific first: NumPy 2.x wheels, then plain OpenBLAS builds
 _SYMBOLS = (
@@ -34,6 +40,7 @@ _SYMBOLS = (
 _lock = threading.Lock()
 _found: list = []  # [] not looked yet; [None] none; [(set, get)]
 _found_path: list = [None]  # the library they belong to
+_gemm_found: list = []  # [] not looked yet; [None] none; [{dtype: cblas function}]
 
 
 def _candidate_paths() -> list[str]:
@@ -103,3 +110,96 @@ def blas_threads(n: int):
         yield True
     finally:
         setter(old)
+
+
+# cblas_?gemm symbol pairs and the integer type of their sizes: the ``64_`` builds take
+# 64-bit integers; a plain name takes 64-bit ones only where the library's
+# configuration says USE64BITINT (checked below)
+_GEMM_SYMBOLS = (
+    ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_get_config64_"),
+    ("scipy_cblas_sgemm", "scipy_cblas_dgemm", "scipy_openblas_get_config"),
+    ("cblas_sgemm64_", "cblas_dgemm64_", "openblas_get_config64_"),
+    ("cblas_sgemm", "cblas_dgemm", "openblas_get_config"),
+)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # the CBLAS enum values
+
+
+def _gemm_functions():
+    """``{np.float32: cblas_sgemm, np.float64: cblas_dgemm}`` of NumPy's OpenBLAS, or None."""
+    import numpy as np
+
+    if blas_thread_control() is None:  # finds the library (_found_path) first
+        return None
+    with _lock:
+        if not _gemm_found:
+            _gemm_found.append(None)
+            try:
+                lib = ctypes.CDLL(_found_path[0])
+            except OSError:
+                return None
+            for s_name, d_name, config_name in _GEMM_SYMBOLS:
+                if not all(hasattr(lib, name) for name in (s_name, d_name, config_name)):
+                    continue
+                config = getattr(lib, config_name)
+                config.argtypes, config.restype = [], ctypes.c_char_p
+                wide = s_name.endswith("64_") or b"USE64BITINT" in (config() or b"")
+                integer = ctypes.c_int64 if wide else ctypes.c_int32
+                found = {}
+                for dtype, name, scalar in ((np.float32, s_name, ctypes.c_float), (np.float64, d_name, ctypes.c_double)):
+                    fn = getattr(lib, name)
+                    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
+                                   ctypes.c_void_p, integer, ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer]
+                    fn.restype = None
+                    found[np.dtype(dtype)] = fn
+                _gemm_found[0] = found
+                break
+        return _gemm_found[0]
+
+
+def _operand(m):
+    """``(transpose flag, leading dimension)`` of a 2-D view for CBLAS (row-major), or None.
+
+    Row-major rows ``(s, 1)`` strides: not transposed, ``ld = s``; column-major
+    ``(1, s)``: transposed, ``ld = s``.  ``ld`` must cover the other axis.
+    """
+    item = m.itemsize
+    r, c = m.shape
+    s0, s1 = m.strides
+    if (s1 == item or c == 1) and s0 % item == 0 and s0 // item >= max(1, c):
+        return _NO_TRANS, s0 // item
+    if (s0 == item or r == 1) and s1 % item == 0 and s1 // item >= max(1, r):
+        return _TRANS, s1 // item
+    return None
+
+
+def gemm(a, b, out, accumulate: bool = False) -> None:
+    """``out = a @ b``, or with ``accumulate`` ``out += a @ b``; 2-D NumPy arrays (views too).
+
+    ``a`` (M, K), ``b`` (K, N), ``out`` (M, N) with rows of unit stride.  Where the
+    three share a dtype (float32 or float64), each has one unit stride and NumPy's
+    OpenBLAS is found, one ``cblas_?gemm`` call with ``beta = accumulate`` does it in
+    place: the product is added while each tile of ``out`` is in registers.  Otherwise
+    NumPy computes it (through a temporary when accumulating); the result is the same
+    up to float rounding.
+    """
+    import numpy as np
+
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2 or out.shape != (m, n):
+        raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape} do not match")
+    functions = _gemm_functions() if a.dtype == b.dtype == out.dtype else None
+    fn = functions.get(out.dtype) if functions else None
+    if fn is not None and m and n:
+        ta, tb, tc = _operand(a), _operand(b), _operand(out)
+        if ta is not None and tb is not None and tc is not None and tc[0] == _NO_TRANS:
+            if k == 0:
+                if not accumulate:
+                    out[...] = 0
+                return
+            fn(_ROW_MAJOR, ta[0], tb[0], m, n, k, 1.0, a.ctypes.data, ta[1], b.ctypes.data, tb[1],
+               1.0 if accumulate else 0.0, out.ctypes.data, tc[1])
+            return
+    if accumulate:
+        out += a @ b
+    else:
+        np.matmul(a, b, out=out)

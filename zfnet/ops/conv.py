@@ -33,6 +33,8 @@ from ._shape import conv_out_size, conv_transpose_out_size, pair
 from .im2col import col2im, col2im_phases, im2col, im2col_phases, phase_geometry
 from .activation import relu as relu_op
 from .activation import relu_backward
+from .kernel_rows import (conv2d_rows, conv2d_rows_input_grad, conv2d_rows_weight_grad,
+                          kernel_rows_applies)
 from .winograd import winograd_applies, winograd_conv2d, winograd_input_grad, winograd_weight_grad
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "conv2d_input_grad",
     "SavedColumns",
     "SavedTiles",
+    "SavedInput",
 ]
 
 
@@ -91,7 +94,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     result is then a strided view that skips the layout's wrap-around columns.
     3x3 stride-1 layers with many channels (ZFNet's and AlexNet's conv3-conv5) take
     Winograd's F(2x2, 3x3) instead (:mod:`zfnet.ops.winograd`; ``ZFNET_WINOGRAD=0``
-    switches it off), which agrees to float32 rounding.
+    switches it off), and layers with many channels on larger maps (both networks'
+    conv2) one GEMM per filter row on columns of one image
+    (:mod:`zfnet.ops.kernel_rows`; ``ZFNET_KERNEL_ROWS=0``); both agree to float32
+    rounding.
     """
     return _conv2d(x, w, b, stride, padding, groups, keep_columns=False, relu=False)[0]
 
@@ -108,9 +114,11 @@ def conv2d_relu(x, w, b=None, stride=1, padding=0, groups=1, relu=True, keep_col
     ``saved`` what :func:`conv2d_grads_from_columns` turns into the filter (and bias)
     gradient without building it a second time: the flat-shift columns the GEMM
     multiplied (:class:`SavedColumns`: flat-shift, or compact on small maps), the
-    Winograd input tiles and transformed filters (:class:`SavedTiles`), or None
-    (``keep_columns`` False; 1x1 convolutions, CuPy).  Saving costs memory until the
-    backward pass: ZFNet's conv1 at batch 32, 236 MB.
+    Winograd input tiles and transformed filters (:class:`SavedTiles`), the input
+    itself for the kernel-rows path (:class:`SavedInput`: its columns are one image's,
+    built again image by image), or None (``keep_columns`` False; 1x1 convolutions,
+    CuPy).  Saving costs memory until the backward pass: ZFNet's conv1 at batch 32,
+    236 MB.
     """
     return _conv2d(x, w, b, stride, padding, groups, keep_columns=keep_columns, relu=relu)
 
@@ -135,6 +143,9 @@ def _conv2d(x, w, b, stride, padding, groups, keep_columns: bool, relu: bool):
             # 3x3 stride 1, many channels
             y, tiles, u = winograd_conv2d(x, w, b, padding, groups, relu=relu, keep_tiles=True)
             return y, (SavedTiles(x, tiles, padding, groups, u) if keep_columns else None)
+        if kernel_rows_applies(cg, (kh, kw), (ho, wo), np.result_type(x, w)):  # many channels, larger maps
+            y = conv2d_rows(x, w, b, stride, padding, groups, relu=relu)
+            return y, (SavedInput(x, stride, padding, groups) if keep_columns else None)
         return _conv2d_phases(x, w, b, stride, padding, groups, (ho, wo), keep_columns, relu)
     if xp is cupy and x.dtype in _kernels.DTYPES and w.dtype in _kernels.DTYPES:
         y = _kernels.conv2d(x, w, b, stride, padding, groups, (ho, wo))  # CUDA im2col + cuBLAS
@@ -234,6 +245,9 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
         flipped_padding = (kh - 1 - padding[0], kw - 1 - padding[1])
         if winograd_applies(o // groups, cg, (kh, kw), stride, flipped_padding, (h, wd), np.result_type(y, w)):
             x = winograd_input_grad(y, w, padding, groups)
+            return x if b is None else x + b.reshape(1, c, 1, 1)
+        if kernel_rows_applies(cg, (kh, kw), (hi, wi), np.result_type(y, w)):  # as conv2d decides for its forward
+            x = conv2d_rows_input_grad(y, w, stride, padding, groups, (h, wd))
             return x if b is None else x + b.reshape(1, c, 1, 1)
         return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
     return _conv_transpose2d_col2im(y, w, b, stride, padding, groups, (h, wd))
@@ -476,6 +490,8 @@ def conv2d_weight_grad(x, dy, w_shape, stride=1, padding=0, groups=1):
     if xp is np and x.dtype.kind == "f" and dy.dtype == x.dtype:
         if winograd_applies(cg, o // groups, (kh, kw), stride, padding, (ho, wo), x.dtype):
             return winograd_weight_grad(x, dy, (o, cg, kh, kw), padding, groups)
+        if kernel_rows_applies(cg, (kh, kw), (ho, wo), x.dtype):
+            return conv2d_rows_weight_grad(x, dy, (o, cg, kh, kw), stride, padding, groups)[0]
         return _conv2d_weight_grad_phases(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
     return _conv2d_weight_grad_im2col(x, dy, (o, cg, kh, kw), stride, padding, groups, (ho, wo))
 
@@ -520,6 +536,20 @@ class SavedColumns(NamedTuple):
     wq: int
 
 
+class SavedInput(NamedTuple):
+    """The input of a kernel-rows :func:`conv2d` (:func:`conv2d_relu`), kept by reference.
+
+    Its columns (:func:`~zfnet.ops.kernel_rows.row_columns`) are one image's at a time,
+    cheap to build again in cache: the filter gradient does that, image by image
+    (:func:`~zfnet.ops.kernel_rows.conv2d_rows_weight_grad`).
+    """
+
+    x: np.ndarray
+    stride: tuple
+    padding: tuple
+    groups: int
+
+
 class SavedTiles(NamedTuple):
     """The input tiles a Winograd :func:`conv2d` transformed (:func:`conv2d_relu`).
 
@@ -552,12 +582,13 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
     ``db[o] = sum_{n,i,j} dy[n,o,i,j]``.
 
     Winograd layers (:class:`SavedTiles`) take
-    :func:`~zfnet.ops.winograd.winograd_weight_grad` on the saved tiles, and the bias
-    gradient from :func:`conv2d_bias_grad`.
+    :func:`~zfnet.ops.winograd.winograd_weight_grad` on the saved tiles, kernel-rows
+    layers (:class:`SavedInput`) :func:`~zfnet.ops.kernel_rows.conv2d_rows_weight_grad`
+    on the saved input; both leave the bias gradient to :func:`conv2d_bias_grad`.
 
     Parameters
     ----------
-    saved : SavedColumns or SavedTiles
+    saved : SavedColumns, SavedTiles or SavedInput
         From :func:`conv2d_relu` (``keep_columns=True``) on this layer's forward pass.
     dy : array, shape (N, C_out, H_out, W_out)
         Gradient with respect to the output (after the ReLU if ``relu_output`` is given).
@@ -581,6 +612,17 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
     if isinstance(saved, SavedTiles):
         dz = dy if relu_output is None else relu_backward(dy, relu_output)
         dw = winograd_weight_grad(saved.x, dz, w_shape, saved.padding, saved.groups, tiles=saved.tiles)
+        return dw, None, dz
+    if isinstance(saved, SavedInput):
+        x = saved.x
+        o = int(w_shape[0])
+        ho = conv_out_size(x.shape[2], int(w_shape[2]), saved.stride[0], saved.padding[0])
+        wo = conv_out_size(x.shape[3], int(w_shape[3]), saved.stride[1], saved.padding[1])
+        if tuple(dy.shape) != (x.shape[0], o, ho, wo):
+            raise ShapeError(f"conv2d_grads_from_columns: dy of shape {tuple(dy.shape)} does not match the saved "
+                             f"input {tuple(x.shape)} and filters {tuple(w_shape)}: expected {(x.shape[0], o, ho, wo)}")
+        dw, dz = conv2d_rows_weight_grad(x, dy, w_shape, saved.stride, saved.padding, saved.groups,
+                                         relu_output=relu_output)
         return dw, None, dz
     cols, groups, ones_row, (ho, wo), wq = saved
     o, cg, kh, kw = (int(v) for v in w_shape)
