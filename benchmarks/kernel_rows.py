@@ -5,9 +5,15 @@ forward (:func:`zfnet.ops.conv2d`), the filter gradient (``conv2d_weight_grad``)
 the input gradient (``conv_transpose2d``) with ``ZFNET_KERNEL_ROWS=0`` (the im2col
 paths) and with the kernel-rows path (:mod:`zfnet.ops.kernel_rows`), interleaved,
 medians of ``--reps``.  Two settings: one thread at 16 images (what one shard of
-the data-parallel training step does) and every thread at 32 images.
+the data-parallel training step does) and every thread at 32 images.  Before
+timing, each layer's three results are compared between the paths.
+
+With more than one thread the kernel-rows path shares images out among threads only
+where OpenBLAS's idle threads sleep soon after a GEMM (``OPENBLAS_THREAD_TIMEOUT``
+1-10, as ``zfnet train`` sets it; ``docs/speed.md``), so run it both ways:
 
     python benchmarks/kernel_rows.py [--reps 7]
+    OPENBLAS_THREAD_TIMEOUT=4 python benchmarks/kernel_rows.py
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=7)
     args = p.parse_args(argv)
     rng = np.random.default_rng(0)
-    print(f"threads available: {num_threads()}; medians of {args.reps}; times in ms (forward / filter grad / input grad)")
+    spin = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(unset: OpenBLAS's default, 28)")
+    print(f"threads available: {num_threads()}; OPENBLAS_THREAD_TIMEOUT={spin}; medians of {args.reps}; "
+          "times in ms (forward / filter grad / input grad)")
     print("| layer | setting | im2col | kernel rows | total ratio |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name, (shape, w_shape, stride, padding, groups) in LAYERS.items():
@@ -69,6 +77,14 @@ def main(argv=None) -> int:
                 calls = (lambda: conv2d(x, w, b, stride, padding, groups),
                          lambda: conv2d_weight_grad(x, dy, w.shape, stride, padding, groups),
                          lambda: conv_transpose2d(dy, w, None, stride, padding, groups, output_size=x.shape))
+                results = {}
+                for flag in ("0", "1"):  # the two paths must agree before they are timed
+                    os.environ["ZFNET_KERNEL_ROWS"] = flag
+                    results[flag] = [fn() for fn in calls]
+                for old_r, new_r, what in zip(results["0"], results["1"], ("forward", "filter grad", "input grad")):
+                    err = float(np.abs(new_r - old_r).max() / max(1e-30, np.abs(old_r).max()))
+                    if err > 1e-5:  # float32: both sums round differently, by a few 1e-7 relative
+                        raise SystemExit(f"{name}: the paths disagree on the {what} (max rel. err {err:.1e})")
                 times = {"0": [[], [], []], "1": [[], [], []]}
                 for _ in range(args.reps):  # interleaved: path A, path B, A, B ...
                     for flag in ("0", "1"):

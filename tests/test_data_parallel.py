@@ -264,6 +264,35 @@ def test_winograd_layers_in_the_shards():
         np.testing.assert_allclose(value, g0[key], rtol=0, atol=1e-5 * np.abs(g0[key]).max(), err_msg=key)
 
 
+@needs_blas_control
+def test_kernel_rows_layers_in_the_shards():
+    """A trunk whose 5x5 grouped convolution takes kernel rows (the input kept, its
+    columns built again image by image for the filter gradient; AlexNet's conv2 in
+    small): the data-parallel step equals the serial one, and so does a backward
+    pass after Trace.select, which drops the saved input and computes it again."""
+    rng = np.random.default_rng(10)
+    layers = [Conv2d("conv1", 3, 32, 5, stride=2, padding=1, rng=rng),
+              Conv2d("conv2", 32, 32, 5, padding=2, groups=2, rng=rng), MaxPool2d("pool2", 3, 2),
+              Flatten("flatten"), Linear("fc", 32 * 10 * 10, 5, relu=False, rng=rng)]
+    model = Network(layers, {"arch": "k", "num_classes": 5, "input_size": [45, 45]}).train()
+    x = rng.standard_normal((6, 3, 45, 45)).astype(np.float32)
+    y = rng.integers(0, 5, 6)
+    trace = model.forward(x)
+    from zfnet.ops.conv import SavedInput
+
+    assert isinstance(trace.caches["conv2"]["cols"], SavedInput)  # the kernel-rows path is the one tested
+    _, _, g0 = serial_step(model, x, y)
+    dp.data_parallel_forward_backward(model, x, y, 2)
+    for key, value in model.gradients().items():
+        np.testing.assert_allclose(value, g0[key], rtol=0, atol=1e-5 * np.abs(g0[key]).max(), err_msg=key)
+    sub = trace.select(np.arange(3))
+    assert "cols" not in sub.caches["conv2"]
+    dout = rng.standard_normal(sub.output.shape).astype(np.float32)
+    dx_sub = model.backward(dout, sub)
+    dx_all = model.backward(np.concatenate([dout, np.zeros_like(dout)]), trace)
+    np.testing.assert_allclose(dx_sub, dx_all[:3], rtol=0, atol=1e-5 * np.abs(dx_all).max())
+
+
 def test_blas_threads_without_openblas_changes_nothing(monkeypatch):
     from zfnet.ops import _blas
 

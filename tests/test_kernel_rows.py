@@ -110,8 +110,11 @@ def test_row_columns_adjoint(data):
     assert cols[0, v, a, q, j] == x[0, q * sh + a, j * sw + v]
 
 
-def test_threads_agree_with_one_thread(monkeypatch):
-    """Images shared out among threads (each with its own buffers) give the one-thread result."""
+@pytest.mark.parametrize("spin", ["4", "28"])
+def test_threads_agree_with_one_thread(monkeypatch, spin):
+    """Images shared out among threads (each with its own buffers, where OpenBLAS's idle
+    threads sleep soon), or all on the calling thread with threaded BLAS (its default
+    spin): the one-thread result either way."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 8, 9, 9)).astype(np.float32)
     w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
@@ -121,11 +124,17 @@ def test_threads_agree_with_one_thread(monkeypatch):
         one = (kr.conv2d_rows(x, w, None, *args), kr.conv2d_rows_weight_grad(x, dy, w.shape, *args)[0],
                kr.conv2d_rows_input_grad(dy, w, *args, (9, 9)))
     monkeypatch.setenv("ZFNET_NUM_THREADS", "3")
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", spin)
+    shared = []
+    real = kr.parallel_range
+    monkeypatch.setattr(kr, "parallel_range", lambda n, fn: shared.append(n) or real(n, fn))
     many = (kr.conv2d_rows(x, w, None, *args), kr.conv2d_rows_weight_grad(x, dy, w.shape, *args)[0],
             kr.conv2d_rows_input_grad(dy, w, *args, (9, 9)))
-    np.testing.assert_allclose(many[0], one[0], rtol=0, atol=1e-6)  # each image on its own: the same GEMMs
+    # each image on its own: the same GEMMs (at these sizes one- and two-thread BLAS round alike)
+    np.testing.assert_allclose(many[0], one[0], rtol=0, atol=1e-6)
     np.testing.assert_allclose(many[1], one[1], rtol=1e-5, atol=1e-5)  # per-thread sums, added in order
     np.testing.assert_allclose(many[2], one[2], rtol=0, atol=1e-6)
+    assert shared == ([5, 5, 5] if spin == "4" and _blas.blas_thread_control() is not None else [])
 
 
 def test_applies_to_the_networks_conv2_only():
@@ -178,8 +187,11 @@ def test_training_layer_saves_the_input_and_gets_the_same_gradients():
         conv_mod.conv2d_grads_from_columns(saved, dy[:, :, :-1], w.shape)
 
 
-def test_conv_transpose2d_resolves_the_stride_ambiguity():
+def test_conv_transpose2d_resolves_the_stride_ambiguity(monkeypatch):
     """A strided layer whose input had an extra row and column no window read: those get zero."""
+    calls = []
+    real = conv_mod.conv2d_rows_input_grad
+    monkeypatch.setattr(conv_mod, "conv2d_rows_input_grad", lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = np.random.default_rng(4)
     w = rng.standard_normal((8, 32, 3, 3))
     y = rng.standard_normal((2, 8, 21, 21))
@@ -187,9 +199,45 @@ def test_conv_transpose2d_resolves_the_stride_ambiguity():
         got = ops.conv_transpose2d(y, w, None, 2, 1, output_size=size)
         want = conv_mod._conv_transpose2d_col2im(y, w, None, (2, 2), (1, 1), 1, size)
         _close(got, want, np.float64)
+    assert len(calls) == 3  # the kernel-rows path did it (C_g kW = 96, 21 x 21 outputs)
+
+
+def test_weight_grad_takes_kernel_rows_with_mixed_dtypes_and_strided_dy(monkeypatch):
+    """conv2d_weight_grad dispatches here; float32 data with float64 filters, and a
+    gradient that is a non-contiguous view, give the reference's values."""
+    calls = []
+    real = conv_mod.conv2d_rows_weight_grad
+    monkeypatch.setattr(conv_mod, "conv2d_rows_weight_grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 24, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((6, 24, 3, 3))  # float64 filters
+    dy = rng.standard_normal((2, 6, 24, 48)).astype(np.float32)[..., ::2]  # (2, 6, 24, 24), strided
+    dw = ops.conv2d_weight_grad(x, dy, w.shape, 1, 1)
+    assert calls == [1]
+    want = conv_mod._conv2d_weight_grad_im2col(x.astype(np.float64), dy.astype(np.float64), w.shape, (1, 1), (1, 1),
+                                               1, (24, 24))
+    _close(dw, want, np.float32)
+    y = kr.conv2d_rows(x, w, None, (1, 1), (1, 1), 1)  # float32 x float64 -> float64
+    assert y.dtype == np.float64
+    _close(y, conv_mod._conv2d_im2col(x.astype(np.float64), w, None, (1, 1), (1, 1), 1, (24, 24)), np.float64)
+    dx = kr.conv2d_rows_input_grad(dy, w, (1, 1), (1, 1), 1, (24, 24))
+    _close(dx, conv_mod._conv_transpose2d_col2im(dy.astype(np.float64), w, None, (1, 1), (1, 1), 1, (24, 24)),
+           np.float64)
+    with pytest.raises(ShapeError, match="gives 24x24"):
+        kr.conv2d_rows_input_grad(dy[..., :-1], w, (1, 1), (1, 1), 1, (24, 24))
 
 
 # ----------------------------------------------------------------------- the BLAS helper
+
+
+def test_gemm_finds_numpys_openblas():
+    """Where NumPy's OpenBLAS is found (its thread count can be set), its cblas_?gemm is
+    found too: a wheel that renamed them would otherwise make kernel rows run through
+    temporaries without a word."""
+    if _blas.blas_thread_control() is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS zfnet can find")
+    found = _blas._gemm_functions()
+    assert found is not None and set(found) == {np.dtype(np.float32), np.dtype(np.float64)}
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -210,9 +258,53 @@ def test_gemm_sets_and_adds_through_views(dtype):
 def test_gemm_falls_back_to_numpy():
     rng = np.random.default_rng(6)
     a = rng.standard_normal((4, 10))[:, ::2]  # no unit stride: NumPy
-    b = rng.standard_normal((5, 3)).astype(np.float32)  # mixed dtypes: NumPy
+    b = rng.standard_normal((5, 3))
     out = np.full((4, 3), 2.0)
     _blas.gemm(a, b, out, accumulate=True)
-    np.testing.assert_allclose(out, 2 + a @ b.astype(np.float64), rtol=1e-6)
+    np.testing.assert_allclose(out, 2 + a @ b, rtol=1e-12)
+    b32 = b.astype(np.float32)  # mixed dtypes: NumPy
+    _blas.gemm(np.ascontiguousarray(a), b32, out)
+    np.testing.assert_allclose(out, a @ b32.astype(np.float64), rtol=1e-6)
+    m = rng.standard_normal((4, 4))
+    want = m @ m
+    _blas.gemm(m, m, m)  # out is an input: NumPy, which handles the overlap
+    np.testing.assert_allclose(m, want, rtol=1e-12)
+    frozen = np.zeros((4, 3))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):  # never written behind NumPy's back
+        _blas.gemm(a, b, frozen)
+    assert not frozen.any()
     with pytest.raises(ValueError, match="do not match"):
         _blas.gemm(a, b[:4], out)
+
+
+def test_blas_threads_is_held_by_one_thread_at_a_time():
+    """While one thread holds BLAS's thread count, another's ``wait=False`` gets False and
+    changes nothing (the kernel-rows path then keeps its images on its own thread); the
+    holder itself may nest blocks, each restoring what it found."""
+    if _blas.blas_thread_control() is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS zfnet can find")
+    import threading
+
+    _, get = _blas.blas_thread_control()
+    before = get()
+    seen = []
+
+    def other():
+        with _blas.blas_threads(3, wait=False) as ok:
+            seen.append((ok, get()))
+
+    with _blas.blas_threads(1) as ok:
+        assert ok and get() == 1
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        with _blas.blas_threads(2) as nested:
+            assert nested and get() == 2
+        assert get() == 1
+    assert seen == [(False, 1)]
+    assert get() == before
+    t = threading.Thread(target=other)  # free again: the other thread gets it
+    t.start()
+    t.join()
+    assert seen[1] == (True, 3) and get() == before

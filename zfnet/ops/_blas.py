@@ -91,25 +91,34 @@ def blas_thread_control():
         return _found[0]
 
 
+_holder = threading.RLock()  # held by the thread inside a blas_threads block
+
+
 @contextlib.contextmanager
-def blas_threads(n: int):
+def blas_threads(n: int, wait: bool = True):
     """Run the block with OpenBLAS on ``n`` threads; yield whether that was possible.
 
-    Process-wide while the block runs (OpenBLAS has no per-thread count), so only
-    one thread should use it at a time: the training step does, around its
-    data-parallel parts.
+    Process-wide while the block runs (OpenBLAS has no per-thread count), so one
+    thread at a time holds it: another thread's ``blas_threads`` waits for the block
+    to end, or with ``wait=False`` yields False at once and changes nothing (the
+    caller then runs as it would without).  The same thread may nest blocks.  The
+    training step holds it around its data-parallel parts, the kernel-rows
+    convolution around images it shares out among threads.
     """
     control = blas_thread_control()
-    if control is None:
+    if control is None or not _holder.acquire(blocking=wait):
         yield False
         return
-    setter, getter = control
-    old = getter()
-    setter(int(n))
     try:
-        yield True
+        setter, getter = control
+        old = getter()
+        setter(int(n))
+        try:
+            yield True
+        finally:
+            setter(old)
     finally:
-        setter(old)
+        _holder.release()
 
 
 # cblas_?gemm symbol pairs and the integer type of their sizes: the ``64_`` builds take
@@ -122,6 +131,7 @@ _GEMM_SYMBOLS = (
     ("cblas_sgemm", "cblas_dgemm", "openblas_get_config"),
 )
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # the CBLAS enum values
+_INT_LIMIT = {ctypes.c_int32: 2**31 - 1, ctypes.c_int64: 2**63 - 1}  # sizes the library's integers hold
 
 
 def _gemm_functions():
@@ -175,12 +185,14 @@ def _operand(m):
 def gemm(a, b, out, accumulate: bool = False) -> None:
     """``out = a @ b``, or with ``accumulate`` ``out += a @ b``; 2-D NumPy arrays (views too).
 
-    ``a`` (M, K), ``b`` (K, N), ``out`` (M, N) with rows of unit stride.  Where the
-    three share a dtype (float32 or float64), each has one unit stride and NumPy's
-    OpenBLAS is found, one ``cblas_?gemm`` call with ``beta = accumulate`` does it in
-    place: the product is added while each tile of ``out`` is in registers.  Otherwise
-    NumPy computes it (through a temporary when accumulating); the result is the same
-    up to float rounding.
+    ``a`` (M, K), ``b`` (K, N), ``out`` (M, N).  Where NumPy's OpenBLAS is found, the
+    three share a native float dtype (float32 or float64), are aligned, each has one
+    unit stride (``out`` along its rows), ``out`` is writeable and shares no memory
+    with ``a`` or ``b``, and every size fits the library's integers, one
+    ``cblas_?gemm`` call with ``beta = accumulate`` does it in place: the product is
+    added while each tile of ``out`` is in registers.  Otherwise NumPy computes it
+    (through a temporary when accumulating); the result is the same up to float
+    rounding.
     """
     import numpy as np
 
@@ -189,9 +201,12 @@ def gemm(a, b, out, accumulate: bool = False) -> None:
         raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape} do not match")
     functions = _gemm_functions() if a.dtype == b.dtype == out.dtype else None
     fn = functions.get(out.dtype) if functions else None
-    if fn is not None and m and n:
+    if (fn is not None and m and n and out.flags.writeable and all(v.flags.aligned for v in (a, b, out))
+            and not np.may_share_memory(out, a) and not np.may_share_memory(out, b)):
         ta, tb, tc = _operand(a), _operand(b), _operand(out)
-        if ta is not None and tb is not None and tc is not None and tc[0] == _NO_TRANS:
+        limit = _INT_LIMIT[fn.argtypes[3]]
+        if (ta is not None and tb is not None and tc is not None and tc[0] == _NO_TRANS
+                and max(m, n, k, ta[1], tb[1], tc[1]) <= limit):
             if k == 0:
                 if not accumulate:
                     out[...] = 0

@@ -246,7 +246,9 @@ def conv_transpose2d(y, w, b=None, stride=1, padding=0, groups=1, output_size=No
         if winograd_applies(o // groups, cg, (kh, kw), stride, flipped_padding, (h, wd), np.result_type(y, w)):
             x = winograd_input_grad(y, w, padding, groups)
             return x if b is None else x + b.reshape(1, c, 1, 1)
-        if kernel_rows_applies(cg, (kh, kw), (hi, wi), np.result_type(y, w)):  # as conv2d decides for its forward
+        # as conv2d decides for its forward (so training and the deconvnet take the same
+        # path); the GEMMs' inner dimension here is O_g, which only costs speed if small
+        if kernel_rows_applies(cg, (kh, kw), (hi, wi), np.result_type(y, w)):
             x = conv2d_rows_input_grad(y, w, stride, padding, groups, (h, wd))
             return x if b is None else x + b.reshape(1, c, 1, 1)
         return _conv_transpose2d_phases(y, w, b, stride, padding, groups, (h, wd))
@@ -595,8 +597,9 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
     w_shape : (C_out, C_in/groups, kH, kW)
     relu_output : array, shape like ``dy``, optional
         The forward output of a ReLU that followed the convolution: the gradient is
-        then taken through it first, ``dz = dy * [relu_output > 0]``, in the same pass
-        that lays ``dz`` out with the wrap-around columns.
+        then taken through it first, ``dz = dy * [relu_output > 0]`` (for saved
+        columns in the same pass that lays ``dz`` out with the wrap-around columns; for
+        a saved input image by image).
 
     Returns
     -------
@@ -615,7 +618,10 @@ def conv2d_grads_from_columns(saved, dy, w_shape, relu_output=None):
         return dw, None, dz
     if isinstance(saved, SavedInput):
         x = saved.x
-        o = int(w_shape[0])
+        o, cg = int(w_shape[0]), int(w_shape[1])
+        if cg * saved.groups != x.shape[1] or o % saved.groups:
+            raise ShapeError(f"conv2d_grads_from_columns: filters {tuple(w_shape)} with groups={saved.groups} do not "
+                             f"fit the saved input {tuple(x.shape)}")
         ho = conv_out_size(x.shape[2], int(w_shape[2]), saved.stride[0], saved.padding[0])
         wo = conv_out_size(x.shape[3], int(w_shape[3]), saved.stride[1], saved.padding[1])
         if tuple(dy.shape) != (x.shape[0], o, ho, wo):

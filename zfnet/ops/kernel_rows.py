@@ -13,7 +13,8 @@ for one image at a time:
     \\qquad a < \\min(s_H, k_H),\\; q < H_q = H_{out} + \\lfloor (k_H - 1) / s_H \\rfloor,\\; j < W_{out}
 
 (``a`` is the input row's phase under the vertical stride).  That is ``kW / sW``
-times the input of one image: about a megabyte, which stays in the core's cache.
+times the input of one image: 1.6 MB for AlexNet's conv2, 2.8 MB for ZFNet's, which
+stay in the core's L2 (2 MB here) or the shared L3 instead of going to memory.
 The rows of the filter need no copies of their own.  Row ``u = q_u s_H + a_u`` of
 the filter reads input row ``i s_H + u = (i + q_u) s_H + a_u`` for output row ``i``,
 that is, ``P[:, :, a_u, i + q_u, j]``: over all output positions ``(i, j)`` a run
@@ -46,8 +47,11 @@ Shapes: NCHW inputs, OIHW filters.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from ..errors import ShapeError
 from ._blas import blas_threads, gemm
 from ._parallel import _on_one_thread, num_threads, parallel_range
 from ._shape import conv_out_size
@@ -68,19 +72,17 @@ def kernel_rows_applies(in_channels: int, kernel_size, out_size, dtype) -> bool:
     Float32/float64 data, filters at least 2x2, each GEMM's inner dimension
     ``C_g kW`` at least 64 and output maps of at least 400 positions.  Below these
     the GEMMs are too small to run fast, and im2col's columns fit in cache anyway.
-    Measured per layer at 16 images on one thread (forward, filter gradient, input
-    gradient; :mod:`benchmarks` ``docs/speed.md``):
+    Measured per layer at 16 images on one thread, im2col -> kernel rows (forward,
+    filter gradient, input gradient; ``benchmarks/kernel_rows.py``, ``docs/speed.md``):
 
-    * AlexNet's conv2 (48 -> 128 per group, 5x5 on 27x27): 64/78/78 -> 56/62/58 ms;
-    * ZFNet's conv2 (96 -> 256, 5x5 stride 2 on 55x55): 114/130/116 -> 98/107/108 ms;
-    * AlexNet's conv1 (3 channels, ``C_g kW = 33``): the forward is faster, its
-      filter gradient slower (58 against 41 ms): left to im2col.
+    * AlexNet's conv2 (48 -> 128 per group, 5x5 on 27x27): 66/78/78 -> 53/60/55 ms;
+    * ZFNet's conv2 (96 -> 256, 5x5 stride 2 on 55x55): 111/125/115 -> 99/101/102 ms;
+    * AlexNet's conv1 (3 channels, ``C_g kW = 33``): the forward is faster (45 -> 35
+      ms), the filter gradient slower (41 -> 58 ms): left to im2col.
 
     Set the environment variable ``ZFNET_KERNEL_ROWS=0`` (or ``false``, ``off``,
     ``no``) to take the im2col paths always.
     """
-    import os
-
     if os.environ.get("ZFNET_KERNEL_ROWS", "").strip().lower() in ("0", "false", "off", "no"):
         return False
     if np.dtype(dtype) not in (np.float32, np.float64):
@@ -163,20 +165,38 @@ def _row_panels(p, groups: int, kernel_size, stride, out_size):
 
 
 def _by_images(n: int, fn) -> None:
-    """``fn(lo, hi)`` over the ``n`` images, shared out among threads.
+    """``fn(lo, hi)`` over the ``n`` images: shared out among threads, or all on this one.
 
-    Each thread takes whole images, with its own buffers, and runs its GEMMs with
-    BLAS on one thread (two threads each calling a threaded GEMM share the cores
-    worse; :mod:`zfnet.ops._blas`).  On one image, inside :func:`~zfnet.ops._parallel.serial`,
-    or where BLAS's thread count cannot be set, the calling thread does every image
-    and BLAS keeps its threads.
+    Shared out, each thread takes whole images, with its own buffers, and runs its
+    GEMMs with BLAS on one thread (two threads each calling a threaded GEMM share the
+    cores worse; :mod:`zfnet.ops._blas`).  That is only faster where OpenBLAS's idle
+    threads go to sleep soon after a GEMM (:func:`_blas_threads_sleep_soon`): with
+    OpenBLAS's default they spin for about 0.1 s after the last threaded GEMM and take
+    the cores from the threads here (2 threads, 32 images, AlexNet's conv2 forward
+    after a threaded GEMM: 111 ms, against 59 ms with the short spin and 76 ms with
+    every image on this thread).  Otherwise, and on one image, inside
+    :func:`~zfnet.ops._parallel.serial`, or where BLAS's thread count cannot be set,
+    this thread does every image and BLAS keeps its threads; likewise while another
+    thread holds BLAS's thread count (:func:`~zfnet.ops._blas.blas_threads`).
     """
-    if n > 1 and num_threads() > 1 and not _on_one_thread():
-        with blas_threads(1) as one:
+    if n > 1 and num_threads() > 1 and not _on_one_thread() and _blas_threads_sleep_soon():
+        with blas_threads(1, wait=False) as one:  # False where another thread holds BLAS's count
             if one:
                 parallel_range(n, fn)
                 return
     fn(0, n)
+
+
+def _blas_threads_sleep_soon() -> bool:
+    """Whether ``OPENBLAS_THREAD_TIMEOUT`` is 1-10 (at most ``2**10`` cycles of spinning).
+
+    ``zfnet train`` sets 4 (:func:`zfnet._memory.short_openblas_spin`); OpenBLAS's
+    default is 28, and it ignores 0 (so 0 means the default; 1-3 are raised to 4).
+    OpenBLAS reads the variable once, when NumPy loads it: this is right when it is
+    set before that, as ``zfnet train`` does, and not changed afterwards.
+    """
+    value = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "").strip()
+    return value.isdigit() and 1 <= int(value) <= 10
 
 
 def conv2d_rows(x, w, b, stride, padding, groups: int, relu: bool = False):
@@ -201,8 +221,8 @@ def conv2d_rows(x, w, b, stride, padding, groups: int, relu: bool = False):
     bias = None if b is None else b.astype(dtype, copy=False).reshape(groups, o // groups, 1)
 
     def images(lo, hi):
-        xpad = np.zeros((c, hp, wp), dtype=dtype)  # the border stays zero; the inside is each image
-        p = np.empty((c, kw, na, hq, wo), dtype=dtype)
+        xpad = np.zeros((c, hp, wp), dtype=dtype)  # (C_in, H_pad, W_pad): the border stays zero
+        p = np.empty((c, kw, na, hq, wo), dtype=dtype)  # (C_in, kW, A, H_q, W_out)
         panels = _row_panels(p, groups, (kh, kw), stride, (ho, wo))
         for i in range(lo, hi):
             xpad[:, ph : ph + h, pw : pw + wd] = x[i]
@@ -261,15 +281,16 @@ def conv2d_rows_weight_grad(x, dy, w_shape, stride, padding, groups: int, relu_o
                 np.multiply(dy[i], relu_output[i] > 0, out=dz[i])
             xpad[:, ph : ph + h, pw : pw + wd] = x[i]
             row_columns(xpad, (kh, kw), stride, (ho, wo), out=p)
-            dzi = dz[i].reshape(groups, og, ho * wo).astype(dtype, copy=False)
+            dzi = dz[i].reshape(groups, og, ho * wo).astype(dtype, copy=False)  # (G, O_g, H_out*W_out)
             for g in range(groups):
                 for u in range(kh):
                     gemm(panels[g][u], dzi[g].T, dw[g, u], accumulate=True)  # dW_{g,u}^T += P dY^T
 
     _by_images(n, images)
     dw = sum(part for _, part in sorted(parts, key=lambda t: t[0])) if parts else \
-        np.zeros((groups, kh, cg * kw, og), dtype=dtype)
-    dw = dw.reshape(groups, kh, cg, kw, og).transpose(0, 4, 2, 1, 3).reshape(o, cg, kh, kw)
+        np.zeros((groups, kh, cg * kw, og), dtype=dtype)  # (G, kH, C_g*kW, O_g): dW_{g,u}^T
+    dw = dw.reshape(groups, kh, cg, kw, og)  # (G, kH, C_g, kW, O_g)
+    dw = dw.transpose(0, 4, 2, 1, 3).reshape(o, cg, kh, kw)  # (G, O_g, C_g, kH, kW) -> (C_out, C_in/groups, kH, kW)
     return dw, dz
 
 
@@ -290,7 +311,7 @@ def conv2d_rows_input_grad(dy, w, stride, padding, groups: int, input_size):
     h, wd = (int(v) for v in input_size)
     ho, wo, na, hq, hp, wp = _geometry((h, wd), (kh, kw), stride, padding)
     if (ho, wo) != (ho_, wo_):
-        raise ValueError(f"conv2d_rows_input_grad: dy is {ho_}x{wo_}, input {h}x{wd} gives {ho}x{wo}")
+        raise ShapeError(f"conv2d_rows_input_grad: dy is {ho_}x{wo_}, but an input of {h}x{wd} gives {ho}x{wo}")
     (ph, pw) = padding
     dtype = np.result_type(dy, w)
     wrows = _filter_rows(w.astype(dtype, copy=False), groups)  # (G, kH, O_g, C_g*kW)
@@ -302,13 +323,13 @@ def conv2d_rows_input_grad(dy, w, stride, padding, groups: int, input_size):
         panels = _row_panels(dp, groups, (kh, kw), stride, (ho, wo))
         for i in range(lo, hi):
             dp.fill(0)
-            dyi = dy[i].reshape(groups, o // groups, ho * wo).astype(dtype, copy=False)
+            dyi = dy[i].reshape(groups, o // groups, ho * wo).astype(dtype, copy=False)  # (G, O_g, H_out*W_out)
             for g in range(groups):
                 for u in range(kh):
                     gemm(wrows[g, u].T, dyi[g], panels[g][u], accumulate=True)
             dxpad.fill(0)
             row_columns_adjoint(dp, stride, dxpad)
-            dx[i] = dxpad[:, ph : ph + h, pw : pw + wd]
+            dx[i] = dxpad[:, ph : ph + h, pw : pw + wd]  # the padding dropped: (C_in, H, W)
 
     _by_images(n, images)
     return dx
