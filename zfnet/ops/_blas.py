@@ -40,7 +40,7 @@ _SYMBOLS = (
 _lock = threading.Lock()
 _found: list = []  # [] not looked yet; [None] none; [(set, get)]
 _found_path: list = [None]  # the library they belong to
-_gemm_found: list = []  # [] not looked yet; [None] none; [{dtype: cblas function}]
+_gemm_found: list = []  # [] not looked yet; [None] none; [{dtype: cblas function}] (appended once, complete)
 
 
 def _candidate_paths() -> list[str]:
@@ -68,11 +68,13 @@ def _candidate_paths() -> list[str]:
 
 def blas_thread_control():
     """``(set_num_threads, get_num_threads)`` of NumPy's OpenBLAS as ctypes functions, or None."""
+    if _found:  # looked up already: no lock on the way to every GEMM (gemm asks first)
+        return _found[0]
     with _lock:
         if not _found:
-            _found.append(None)
             import numpy  # noqa: F401  (loads the BLAS, so the maps list it)
 
+            control = None
             for path in _candidate_paths():
                 try:
                     lib = ctypes.CDLL(path)  # already loaded: the same handle, nothing new runs
@@ -83,11 +85,12 @@ def blas_thread_control():
                         setter, getter = getattr(lib, set_name), getattr(lib, get_name)
                         setter.argtypes, setter.restype = [ctypes.c_int], None
                         getter.argtypes, getter.restype = [], ctypes.c_int
-                        _found[0] = (setter, getter)
+                        control = (setter, getter)
                         _found_path[0] = path
                         break
-                if _found[0] is not None:
+                if control is not None:
                     break
+            _found.append(control)  # once, complete: readers without the lock see all or nothing
         return _found[0]
 
 
@@ -136,34 +139,40 @@ _INT_LIMIT = {ctypes.c_int32: 2**31 - 1, ctypes.c_int64: 2**63 - 1}  # sizes the
 
 def _gemm_functions():
     """``{np.float32: cblas_sgemm, np.float64: cblas_dgemm}`` of NumPy's OpenBLAS, or None."""
-    import numpy as np
-
+    if _gemm_found:  # looked up already: called on every GEMM, so no lock here
+        return _gemm_found[0]
     if blas_thread_control() is None:  # finds the library (_found_path) first
         return None
     with _lock:
         if not _gemm_found:
-            _gemm_found.append(None)
-            try:
-                lib = ctypes.CDLL(_found_path[0])
-            except OSError:
-                return None
-            for s_name, d_name, config_name in _GEMM_SYMBOLS:
-                if not all(hasattr(lib, name) for name in (s_name, d_name, config_name)):
-                    continue
-                config = getattr(lib, config_name)
-                config.argtypes, config.restype = [], ctypes.c_char_p
-                wide = s_name.endswith("64_") or b"USE64BITINT" in (config() or b"")
-                integer = ctypes.c_int64 if wide else ctypes.c_int32
-                found = {}
-                for dtype, name, scalar in ((np.float32, s_name, ctypes.c_float), (np.float64, d_name, ctypes.c_double)):
-                    fn = getattr(lib, name)
-                    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
-                                   ctypes.c_void_p, integer, ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer]
-                    fn.restype = None
-                    found[np.dtype(dtype)] = fn
-                _gemm_found[0] = found
-                break
+            _gemm_found.append(_find_gemm(_found_path[0]))  # once, complete
         return _gemm_found[0]
+
+
+def _find_gemm(path):
+    """The cblas_?gemm pair in the library at ``path`` (see :func:`_gemm_functions`), or None."""
+    import numpy as np
+
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for s_name, d_name, config_name in _GEMM_SYMBOLS:
+        if not all(hasattr(lib, name) for name in (s_name, d_name, config_name)):
+            continue
+        config = getattr(lib, config_name)
+        config.argtypes, config.restype = [], ctypes.c_char_p
+        wide = s_name.endswith("64_") or b"USE64BITINT" in (config() or b"")
+        integer = ctypes.c_int64 if wide else ctypes.c_int32
+        found = {}
+        for dtype, name, scalar in ((np.float32, s_name, ctypes.c_float), (np.float64, d_name, ctypes.c_double)):
+            fn = getattr(lib, name)
+            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, scalar,
+                           ctypes.c_void_p, integer, ctypes.c_void_p, integer, scalar, ctypes.c_void_p, integer]
+            fn.restype = None
+            found[np.dtype(dtype)] = fn
+        return found
+    return None
 
 
 def _operand(m):

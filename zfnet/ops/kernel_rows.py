@@ -156,12 +156,34 @@ def _filter_rows(w, groups: int):
         groups, kh, o // groups, cg * kw)
 
 
-def _row_panels(p, groups: int, kernel_size, stride, out_size):
-    """For each group and filter row: the ``(C_g kW, H_out W_out)`` view of ``P`` its GEMM reads."""
-    (kh, _), (sh, _), (ho, wo) = kernel_size, stride, out_size
-    c, kw, na, hq, _ = p.shape
-    flat = p.reshape(groups, (c // groups) * kw, na, hq * wo)  # (G, C_g*kW, A, Hq*W_out): a view
-    return [[flat[g, :, u % sh, (u // sh) * wo : (u // sh + ho) * wo] for u in range(kh)] for g in range(groups)]
+class _Columns:
+    """One thread's buffers for one image at a time: the padded image, its ``P``, and
+    for each group and filter row the ``(C_g kW, H_out W_out)`` view of ``P`` that
+    row's GEMM reads (``panels[g][u]``).  The input gradient uses the same two
+    buffers for ``dx_pad`` and ``dP``.
+    """
+
+    def __init__(self, channels: int, in_size, kernel_size, stride, padding, groups: int, dtype):
+        (kh, kw), (sh, _) = kernel_size, stride
+        ho, wo, na, hq, hp, wp = _geometry(in_size, kernel_size, stride, padding)
+        self.in_size, self.kernel_size, self.stride, self.padding = in_size, kernel_size, stride, padding
+        self.out_size = (ho, wo)
+        self.xpad = np.zeros((channels, hp, wp), dtype=dtype)  # (C_in, H_pad, W_pad): the border stays zero
+        self.p = np.empty((channels, kw, na, hq, wo), dtype=dtype)  # (C_in, kW, A, H_q, W_out)
+        flat = self.p.reshape(groups, (channels // groups) * kw, na, hq * wo)  # (G, C_g*kW, A, Hq*W_out): a view
+        self.panels = [[flat[g, :, u % sh, (u // sh) * wo : (u // sh + ho) * wo] for u in range(kh)]
+                       for g in range(groups)]
+
+    def load(self, image):
+        """Lay out ``P`` of one image (C_in, H, W)."""
+        (h, w), (ph, pw) = self.in_size, self.padding
+        self.xpad[:, ph : ph + h, pw : pw + w] = image
+        row_columns(self.xpad, self.kernel_size, self.stride, self.out_size, out=self.p)
+
+    def unpadded(self):
+        """The inside of the padded buffer: (C_in, H, W)."""
+        (h, w), (ph, pw) = self.in_size, self.padding
+        return self.xpad[:, ph : ph + h, pw : pw + w]
 
 
 def _by_images(n: int, fn) -> None:
@@ -213,26 +235,22 @@ def conv2d_rows(x, w, b, stride, padding, groups: int, relu: bool = False):
     """
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    ho, wo, na, hq, hp, wp = _geometry((h, wd), (kh, kw), stride, padding)
-    (ph, pw) = padding
+    ho, wo = _geometry((h, wd), (kh, kw), stride, padding)[:2]
     dtype = np.result_type(x, w)
     wrows = _filter_rows(w.astype(dtype, copy=False), groups)  # (G, kH, O_g, C_g*kW)
     y = np.empty((n, o, ho, wo), dtype=dtype)
     bias = None if b is None else b.astype(dtype, copy=False).reshape(groups, o // groups, 1)
 
     def images(lo, hi):
-        xpad = np.zeros((c, hp, wp), dtype=dtype)  # (C_in, H_pad, W_pad): the border stays zero
-        p = np.empty((c, kw, na, hq, wo), dtype=dtype)  # (C_in, kW, A, H_q, W_out)
-        panels = _row_panels(p, groups, (kh, kw), stride, (ho, wo))
+        cols = _Columns(c, (h, wd), (kh, kw), stride, padding, groups, dtype)
         for i in range(lo, hi):
-            xpad[:, ph : ph + h, pw : pw + wd] = x[i]
-            row_columns(xpad, (kh, kw), stride, (ho, wo), out=p)
+            cols.load(x[i])
             yi = y[i].reshape(groups, o // groups, ho * wo)  # (G, O_g, H_out*W_out)
             if bias is not None:
                 yi[...] = bias
             for g in range(groups):
                 for u in range(kh):
-                    gemm(wrows[g, u], panels[g][u], yi[g], accumulate=bias is not None or u > 0)
+                    gemm(wrows[g, u], cols.panels[g][u], yi[g], accumulate=bias is not None or u > 0)
             if relu:
                 np.maximum(yi, 0, out=yi)
 
@@ -264,27 +282,23 @@ def conv2d_rows_weight_grad(x, dy, w_shape, stride, padding, groups: int, relu_o
     n, c, h, wd = x.shape
     o, cg, kh, kw = (int(v) for v in w_shape)
     og = o // groups
-    ho, wo, na, hq, hp, wp = _geometry((h, wd), (kh, kw), stride, padding)
-    (ph, pw) = padding
+    ho, wo = _geometry((h, wd), (kh, kw), stride, padding)[:2]
     dtype = np.result_type(x, dy)
     dz = dy if relu_output is None else np.empty(dy.shape, dtype=dy.dtype)
-    parts = []  # one (G, kH, O_g, C_g*kW) sum per thread, added in thread order
+    parts = []  # one (G, kH, C_g*kW, O_g) sum per thread, added in thread order
 
     def images(lo, hi):
-        xpad = np.zeros((c, hp, wp), dtype=dtype)
-        p = np.empty((c, kw, na, hq, wo), dtype=dtype)
-        panels = _row_panels(p, groups, (kh, kw), stride, (ho, wo))
+        cols = _Columns(c, (h, wd), (kh, kw), stride, padding, groups, dtype)
         dw = np.zeros((groups, kh, cg * kw, og), dtype=dtype)  # transposed: (C_g*kW, L) @ (L, O_g) runs faster
         parts.append((lo, dw))
         for i in range(lo, hi):
             if relu_output is not None:
                 np.multiply(dy[i], relu_output[i] > 0, out=dz[i])
-            xpad[:, ph : ph + h, pw : pw + wd] = x[i]
-            row_columns(xpad, (kh, kw), stride, (ho, wo), out=p)
+            cols.load(x[i])
             dzi = dz[i].reshape(groups, og, ho * wo).astype(dtype, copy=False)  # (G, O_g, H_out*W_out)
             for g in range(groups):
                 for u in range(kh):
-                    gemm(panels[g][u], dzi[g].T, dw[g, u], accumulate=True)  # dW_{g,u}^T += P dY^T
+                    gemm(cols.panels[g][u], dzi[g].T, dw[g, u], accumulate=True)  # dW_{g,u}^T += P dY^T
 
     _by_images(n, images)
     dw = sum(part for _, part in sorted(parts, key=lambda t: t[0])) if parts else \
@@ -309,27 +323,24 @@ def conv2d_rows_input_grad(dy, w, stride, padding, groups: int, input_size):
     _, cg, kh, kw = w.shape
     c = cg * groups
     h, wd = (int(v) for v in input_size)
-    ho, wo, na, hq, hp, wp = _geometry((h, wd), (kh, kw), stride, padding)
+    ho, wo = _geometry((h, wd), (kh, kw), stride, padding)[:2]
     if (ho, wo) != (ho_, wo_):
         raise ShapeError(f"conv2d_rows_input_grad: dy is {ho_}x{wo_}, but an input of {h}x{wd} gives {ho}x{wo}")
-    (ph, pw) = padding
     dtype = np.result_type(dy, w)
     wrows = _filter_rows(w.astype(dtype, copy=False), groups)  # (G, kH, O_g, C_g*kW)
     dx = np.empty((n, c, h, wd), dtype=dtype)
 
     def images(lo, hi):
-        dxpad = np.empty((c, hp, wp), dtype=dtype)
-        dp = np.empty((c, kw, na, hq, wo), dtype=dtype)
-        panels = _row_panels(dp, groups, (kh, kw), stride, (ho, wo))
+        cols = _Columns(c, (h, wd), (kh, kw), stride, padding, groups, dtype)  # here dP and dx_pad
         for i in range(lo, hi):
-            dp.fill(0)
+            cols.p.fill(0)
             dyi = dy[i].reshape(groups, o // groups, ho * wo).astype(dtype, copy=False)  # (G, O_g, H_out*W_out)
             for g in range(groups):
                 for u in range(kh):
-                    gemm(wrows[g, u].T, dyi[g], panels[g][u], accumulate=True)
-            dxpad.fill(0)
-            row_columns_adjoint(dp, stride, dxpad)
-            dx[i] = dxpad[:, ph : ph + h, pw : pw + wd]  # the padding dropped: (C_in, H, W)
+                    gemm(wrows[g, u].T, dyi[g], cols.panels[g][u], accumulate=True)  # dP_{g,u} += W_{g,u}^T dY_g
+            cols.xpad.fill(0)
+            row_columns_adjoint(cols.p, stride, cols.xpad)
+            dx[i] = cols.unpadded()  # the padding dropped: (C_in, H, W)
 
     _by_images(n, images)
     return dx
